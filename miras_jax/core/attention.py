@@ -1,0 +1,104 @@
+"""Causal softmax attention: the non-parametric memory of MIRAS (Eq 2, Table 1 "Transformer").
+
+    y_t = Σ_{j ∈ J_t} exp(q_t·k_j / √d_k) v_j / Σ_{l ∈ J_t} exp(q_t·k_l / √d_k),
+
+with ``J_t = {j ≤ t}`` or, with a window w, ``J_t = {t − w < j ≤ t}`` (w tokens, the current one
+included). ``softmax_attention`` is the parallel (masked matmul) form; ``SoftmaxAttention`` is the
+same memory as a token-serial rule for ``recurrent``: its state is a ring-buffer KV cache
+``M_t = M_{t−1} ∪ {(k_t, v_t)}`` of fixed capacity (static shapes), read after the write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def _scale(d_k: int, scale: float | None) -> float:
+  return 1.0 / math.sqrt(d_k) if scale is None else scale
+
+
+def softmax_attention(q, k, v, *, window: int | None = None, scale: float | None = None):
+  """Parallel causal softmax attention. ``q, k: [T, d_k]``, ``v: [T, d_v]`` → ``[T, d_v]``."""
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if getattr(x, "ndim", None) != 2:
+      raise ValueError(f"{name} must be a [T, d] array; got {getattr(x, 'shape', type(x).__name__)}")
+  if k.shape != q.shape or v.shape[0] != q.shape[0]:
+    raise ValueError(f"q, k must be [T, d_k] and v [T, d_v] with one T; got {q.shape}, {k.shape}, {v.shape}")
+  if window is not None and window < 1:
+    raise ValueError(f"window must be >= 1 or None; got {window}")
+  t = q.shape[0]
+  scores = (q @ k.T) * _scale(q.shape[1], scale)  # [T, T]
+  i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+  mask = j <= i
+  if window is not None:
+    mask &= j > i - window
+  scores = jnp.where(mask, scores, -jnp.inf)
+  return jax.nn.softmax(scores, axis=-1) @ v
+
+
+class KVCache(NamedTuple):
+  """Ring-buffer state of ``SoftmaxAttention``: ``keys: [C, d_k]``, ``values: [C, d_v]``, and the
+  number of tokens written so far ``length`` (int32 scalar)."""
+
+  keys: jax.Array
+  values: jax.Array
+  length: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxAttention:
+  """Causal (optionally windowed) softmax attention as a token-serial memory rule.
+
+  The cache holds the last ``capacity`` tokens. With a window, ``capacity`` defaults to the window
+  and attention covers exactly the last ``window`` tokens; without one, choose ``capacity`` at least
+  the total length to be processed (beyond it the oldest tokens are overwritten, i.e. the rule acts
+  as a window of ``capacity``).
+  """
+
+  window: int | None = None  # attend to the last `window` tokens (current one included); None: all
+  scale: float | None = None  # score scale; None means 1/√d_k
+
+  def __post_init__(self):
+    if self.window is not None and self.window < 1:
+      raise ValueError(f"window must be >= 1 or None; got {self.window}")
+
+  name = "softmax_attention"
+  required_gates = ()
+  used_gates = ()
+
+  def init_state(self, d_k: int, d_v: int, capacity: int | None = None) -> KVCache:
+    """Empty cache of ``capacity`` slots (default: the window)."""
+    capacity = capacity or self.window
+    if capacity is None or capacity < 1:
+      raise ValueError("capacity must be a positive int (needed when window is None)")
+    if self.window is not None and capacity != self.window:
+      raise ValueError(f"capacity must equal window={self.window} for windowed attention; got {capacity}")
+    return KVCache(
+        keys=jnp.zeros((capacity, d_k), jnp.float32),
+        values=jnp.zeros((capacity, d_v), jnp.float32),
+        length=jnp.zeros((), jnp.int32),
+    )
+
+  def write(self, state: KVCache, k, v, g=None) -> KVCache:
+    slot = state.length % state.keys.shape[0]
+    return KVCache(state.keys.at[slot].set(k), state.values.at[slot].set(v), state.length + 1)
+
+  def read(self, state: KVCache, q) -> jax.Array:
+    capacity = state.keys.shape[0]
+    scores = state.keys @ q * _scale(q.shape[0], self.scale)  # [C]
+    valid = jnp.arange(capacity) < jnp.minimum(state.length, capacity)
+    return jax.nn.softmax(jnp.where(valid, scores, -jnp.inf)) @ state.values
+
+  def check(self, state, q, k, v, gates) -> None:
+    if not isinstance(state, KVCache):
+      raise ValueError(f"state must be a KVCache (from init_state); got {type(state).__name__}")
+    c, d_k = state.keys.shape
+    d_v = state.values.shape[1]
+    for name, x, d in (("q", q, d_k), ("k", k, d_k), ("v", v, d_v)):
+      if getattr(x, "ndim", None) != 2 or x.shape[1] != d or x.shape[0] != q.shape[0]:
+        raise ValueError(f"{name} must have shape [T, {d}]; got {getattr(x, 'shape', type(x).__name__)}")

@@ -1,0 +1,243 @@
+"""Retention gates: the third MIRAS choice (how the memory keeps or forgets its past).
+
+Every retention gate here is a mirror-descent write. The learning algorithm hands it a *step* Δ_t
+(``−η_t ∇ℓ`` for GD, the surprise ``S_t`` for momentum); the gate combines it with the previous
+state:
+
+=================== ====================================================== =========================
+gate                write                                                  reference
+=================== ====================================================== =========================
+``NoRetention``     W_t = W_{t−1} + Δ_t                                    DeltaNet, TTT
+``Decay``           W_t = α_t ⊙ W_{t−1} + Δ_t (scalar, key or value axes)  ℓ2 local + global, Eq 8–9
+``LqNormalization`` A_t = α_t A_{t−1} + Δ_t;  W_t = A_t / ‖A_t‖_q^{q−2}      Moneta, Eq 24
+``KLSoftmax``       W_t = c · softmax_rows(α_t log W_{t−1} + Δ_t)            Memora, Eq 21/27
+``ElasticNet``      W_t = S_γ(α_t W_{t−1} + Δ_t)  (or FTRL: A_t as above,    Eq 22–23
+                    W_t = S_γ(A_t)); S_γ soft-thresholding or its smooth form
+``BregmanSigmoid``  W_t = σ(logit(W_{t−1}) + Δ_t)                            §5.2, sigmoid mirror map
+=================== ====================================================== =========================
+
+α_t is ``gates.retention`` (``[T]`` scalar per token, or ``[T, d_k]`` on the key axis: ``W diag(α)``)
+and ``gates.retention_value`` (``[T, d_v]``, rows: ``diag(β) W``). Channel-wise retention needs a
+linear memory; a scalar acts on every weight of an MLP. Norms and softmaxes act on each weight
+matrix separately (softmax over each row, i.e. over the input axis).
+
+Each gate keeps ``accum`` (the dual variable A) in the state when its weights are a function of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from miras_jax.core.gates import Gates
+
+
+def scale_by_retention(tree, g: Gates, *, required: bool = True):
+  """α ⊙ tree: scalar α scales every leaf; key-channel α scales columns, value-channel β rows.
+
+  ``g`` holds the gates of one token (``retention: []`` or ``[d_k]``, ``retention_value: [d_v]``).
+  With ``required=False`` and no gate given, returns ``tree`` unchanged.
+  """
+  alpha, beta = g.retention, g.retention_value
+  if alpha is None and beta is None:
+    if required:
+      raise ValueError("gates.retention is required")
+    return tree
+
+  def scale(w):
+    if alpha is not None:
+      w = w * alpha if alpha.ndim == 0 else w * alpha[None, :]
+    if beta is not None:
+      w = w * beta[:, None]
+    return w
+
+  return jax.tree.map(scale, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoRetention:
+  """W_t = W_{t−1} + Δ_t."""
+
+  name = "none"
+  gates = ()
+  has_accum = False
+
+  def init(self, weights):
+    return weights, None
+
+  def decay(self, weights, g):
+    return weights
+
+  def write(self, weights, accum, step, g):
+    return jax.tree.map(jnp.add, weights, step), None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decay:
+  """W_t = α_t ⊙ W_{t−1} + Δ_t: multiplicative decay (the ℓ2 local + global retention).
+
+  ``channels``: ``"scalar"`` needs ``retention: [T]``; ``"key"`` needs ``retention: [T, d_k]``;
+  ``"key_value"`` needs ``retention: [T, d_k]`` and ``retention_value: [T, d_v]`` (DFW's
+  ``(β αᵀ) ⊙ W``); ``"any"`` accepts a scalar or key-channel ``retention`` (Titans, Yaad).
+  """
+
+  channels: str = "scalar"  # scalar | key | key_value | any
+
+  def __post_init__(self):
+    if self.channels not in ("scalar", "key", "key_value", "any"):
+      raise ValueError(f"channels must be scalar, key, key_value or any; got {self.channels!r}")
+
+  @property
+  def name(self) -> str:
+    return f"decay({self.channels})"
+
+  @property
+  def gates(self):
+    return ("retention", "retention_value") if self.channels == "key_value" else ("retention",)
+
+  has_accum = False
+
+  def init(self, weights):
+    return weights, None
+
+  def decay(self, weights, g):
+    return scale_by_retention(weights, g)
+
+  def write(self, weights, accum, step, g):
+    return jax.tree.map(jnp.add, self.decay(weights, g), step), None
+
+
+def _lq_normalise(a: jax.Array, q: float) -> jax.Array:
+  """A / ‖A‖_q^{q−2} over all entries of one weight matrix (0 stays 0)."""
+  if q == 2.0:
+    return a
+  norm_q = jnp.sum(jnp.abs(a) ** q)
+  safe = jnp.where(norm_q > 0, norm_q, 1.0)
+  return jnp.where(norm_q > 0, a / safe ** ((q - 2.0) / q), a)
+
+
+@dataclasses.dataclass(frozen=True)
+class LqNormalization:
+  """Moneta's ℓq retention (MIRAS Eq 24): A_t = α_t A_{t−1} + Δ_t, W_t = A_t / ‖A_t‖_q^{q−2}.
+
+  The state stores A (``accum``) and the weights W derived from it; ``init(A_0)`` gives
+  ``W_0 = A_0 / ‖A_0‖_q^{q−2}``. q = 2 is the identity map (plain decayed GD).
+  """
+
+  q: float = 4.0  # q of the ℓq norm (> 1)
+
+  def __post_init__(self):
+    if not self.q > 1.0:
+      raise ValueError(f"q must be > 1 for the lq retention; got {self.q}")
+
+  @property
+  def name(self) -> str:
+    return f"lq(q={self.q:g})"
+
+  gates = ("retention",)
+  has_accum = True
+
+  def init(self, accum):
+    return jax.tree.map(lambda a: _lq_normalise(a, self.q), accum), accum
+
+  def write(self, weights, accum, step, g):
+    accum = jax.tree.map(jnp.add, scale_by_retention(accum, g), step)
+    return self.init(accum)
+
+
+@dataclasses.dataclass(frozen=True)
+class KLSoftmax:
+  """Memora's KL retention (MIRAS Eq 21/27): W_t = c · softmax(α_t log W_{t−1} + Δ_t) per row.
+
+  Keeps every row of every weight matrix on the simplex scaled by c; needs positive weights.
+  """
+
+  c: float = 1.0  # mass of each row (the simplex scale c)
+
+  def __post_init__(self):
+    if not self.c > 0:
+      raise ValueError(f"c must be > 0; got {self.c}")
+
+  name = "kl_softmax"
+  gates = ("retention",)
+  has_accum = False
+
+  def init(self, weights):
+    return weights, None
+
+  def write(self, weights, accum, step, g):
+    logits = jax.tree.map(jnp.add, scale_by_retention(jax.tree.map(jnp.log, weights), g), step)
+    return jax.tree.map(lambda z: self.c * jax.nn.softmax(z, axis=-1), logits), None
+
+
+def soft_threshold(z: jax.Array, gamma: float, smooth: bool = False) -> jax.Array:
+  """S_γ(z) = sign(z) max(0, |z| − γ) (MIRAS Eq 22); smooth: |z| · arctan(z/γ) / (π/2)."""
+  if smooth:
+    return jnp.abs(z) * jnp.arctan(z / gamma) / (math.pi / 2)
+  return jnp.sign(z) * jnp.maximum(jnp.abs(z) - gamma, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ElasticNet:
+  """Elastic-net retention (MIRAS Eq 22–23): soft forgetting by α_t, hard forgetting by S_γ.
+
+  ``ftrl=False`` (Eq 22): W_t = S_γ(α_t W_{t−1} + Δ_t), where in the paper's terms α_t = λ = β/(β+η)
+  and Δ_t = −ζ∇ℓ with ζ = ηλ. ``ftrl=True`` (Eq 23): A_t = α_t A_{t−1} + Δ_t, W_t = S_γ(A_t), with γ
+  = η/α of the paper. ``gates.retention`` is optional (1 when absent).
+  """
+
+  gamma: float = 0.01  # threshold γ > 0 of S_γ
+  smooth: bool = False  # smooth S_γ ≈ |z| arctan(z/γ)/(π/2)
+  ftrl: bool = False  # Eq 23 (accumulate A, threshold it) instead of Eq 22
+
+  def __post_init__(self):
+    if not self.gamma > 0:
+      raise ValueError(f"gamma must be > 0; got {self.gamma}")
+
+  @property
+  def name(self) -> str:
+    return f"elastic_net(gamma={self.gamma:g}{', smooth' if self.smooth else ''})"
+
+  gates = ()
+
+  @property
+  def has_accum(self) -> bool:
+    return self.ftrl
+
+  def _threshold(self, tree):
+    return jax.tree.map(lambda z: soft_threshold(z, self.gamma, self.smooth), tree)
+
+  def init(self, weights):
+    if self.ftrl:
+      return self._threshold(weights), weights
+    return weights, None
+
+  def write(self, weights, accum, step, g):
+    base = accum if self.ftrl else weights
+    z = jax.tree.map(jnp.add, scale_by_retention(base, g, required=False), step)
+    return self._threshold(z), (z if self.ftrl else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class BregmanSigmoid:
+  """Bregman retention with the logit mirror map (MIRAS §5.2): W_t = σ(logit(W_{t−1}) + Δ_t).
+
+  Keeps every weight in (0, 1); needs initial weights in (0, 1).
+  """
+
+  name = "bregman_sigmoid"
+  gates = ()
+  has_accum = False
+
+  def init(self, weights):
+    return weights, None
+
+  def write(self, weights, accum, step, g):
+    logits = jax.tree.map(lambda w, s: jnp.log(w) - jnp.log1p(-w) + s, weights, step)
+    return jax.tree.map(jax.nn.sigmoid, logits), None
+
+
+Retention = NoRetention | Decay | LqNormalization | KLSoftmax | ElasticNet | BregmanSigmoid

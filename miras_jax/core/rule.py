@@ -1,0 +1,238 @@
+"""A memory rule: the composition of the four MIRAS choices, and its token-serial ground truth.
+
+``Rule(memory, bias, retention, algorithm)`` defines one write per token. With the previous state
+``(W_{t−1}, A_{t−1}, S_{t−1})`` and the token's ``(k_t, v_t)`` and gates ``g_t``:
+
+1. the gradient base point is ``B = W_{t−1}`` (``grad_at="previous"``: Titans, RWKV-7, Yaad) or the
+   decayed ``B = α_t ⊙ W_{t−1}`` (``grad_at="decayed"``: Gated DeltaNet, DeltaProduct);
+2. ``∇_t = ∇_W ℓ(M(B, k_t), v_t)`` for the attentional bias ℓ (``biases.weight_grad``);
+3. the algorithm turns ∇_t into a step Δ_t (GD, momentum, implicit GD);
+4. the retention gate writes ``W_t = ret(W_{t−1}, Δ_t)`` (or ``W_t = B + Δ_t`` when the decay was
+   already applied in step 1).
+
+Multi-step GD (DeltaProduct) applies the decay once and then n GD steps, each at the updated state.
+Reads come after the write: ``y_t = M(W_t, q_t)`` (Titans Eq 15); ``read_before_write=True`` gives
+``y_t = M(W_{t−1}, q_t)``.
+
+Shapes (one sequence, one head, CONVENTIONS §1): ``q: [T, d_k]``, ``k: [T, d_k]``, ``v: [T, d_v]``,
+``ys: [T, d_v]``; DeltaProduct takes ``k: [T, n, d_k]``, ``v: [T, n, d_v]``, ``lr: [T, n]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from miras_jax.core import algorithms as algos
+from miras_jax.core import biases
+from miras_jax.core import retention as ret
+from miras_jax.core.gates import Gates, check_gate_values, concrete
+from miras_jax.core.memory import LinearMemory
+
+
+class MemoryState(NamedTuple):
+  """The per-sequence state of a parametric memory (a pytree).
+
+  ``weights``: the current memory weights W_t (for Moneta W, not A); ``accum``: the dual variable
+  A_t where the retention keeps one (Moneta's ℓq, FTRL elastic net), else ``None``; ``momentum``:
+  Titans' surprise S_t, else ``None``.
+  """
+
+  weights: Any
+  accum: Any = None
+  momentum: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One memory rule = memory architecture × attentional bias × retention gate × algorithm."""
+
+  name: str  # preset name, used in error messages
+  memory: Any  # LinearMemory | MLPMemory
+  bias: Any  # an attentional bias from biases.py
+  retention: Any  # a retention gate from retention.py
+  algorithm: Any  # a learning algorithm from algorithms.py
+  grad_at: str = "previous"  # "previous" (W_{t-1}) or "decayed" (α_t W_{t-1}) gradient base point
+  lr_default: float | None = None  # used when gates.lr is None; None makes gates.lr required
+  key_from_retention: bool = False  # HGRN2: the key is 1 − α_t and the given k is ignored
+  use_loss: bool = False  # differentiate the bias's loss with jax.grad instead of its closed form
+
+  def __post_init__(self):
+    if self.grad_at not in ("previous", "decayed"):
+      raise ValueError(f"grad_at must be 'previous' or 'decayed'; got {self.grad_at!r}")
+    decays = isinstance(self.retention, (ret.Decay, ret.NoRetention))
+    if (self.grad_at == "decayed" or self.multi_step) and not decays:
+      raise ValueError(
+          f"{self.name}: a decayed gradient base point or multi-step GD needs Decay or NoRetention "
+          f"retention; got {self.retention.name}"
+      )
+    if isinstance(self.algorithm, algos.ImplicitGD) and not (
+        isinstance(self.memory, LinearMemory) and isinstance(self.bias, biases.L2)
+    ):
+      raise ValueError(f"{self.name}: implicit GD is closed-form only for a linear memory and l2")
+    if self.use_loss and self.bias.loss is None:
+      raise ValueError(f"{self.name}: bias {self.bias.name} has no loss (use_loss=True)")
+
+  # ----------------------------------------------------------------------------------------------
+  @property
+  def multi_step(self) -> bool:
+    return isinstance(self.algorithm, algos.MultiStepGD)
+
+  @property
+  def optional_gates(self) -> tuple[str, ...]:
+    """Gates used when given and defaulted otherwise (lr → ``lr_default``; retention → none)."""
+    opt = ("lr",) if self.lr_default is not None else ()
+    if self.multi_step or isinstance(self.retention, ret.ElasticNet):
+      opt += ("retention",)
+    return opt
+
+  @property
+  def required_gates(self) -> tuple[str, ...]:
+    names = [*self.retention.gates, *self.algorithm.gates]
+    if self.bias.needs_delta:
+      names.append("delta")
+    return tuple(n for n in dict.fromkeys(names) if n not in self.optional_gates)
+
+  @property
+  def used_gates(self) -> tuple[str, ...]:
+    return self.required_gates + self.optional_gates
+
+  def init_state(self, weights) -> MemoryState:
+    """State at t = 0 from the initial weights (for ℓq retention: A_0, and W_0 is derived)."""
+    self.memory.dims(weights)
+    weights = jax.tree.map(jnp.asarray, weights)
+    if isinstance(self.retention, (ret.KLSoftmax, ret.BregmanSigmoid)):
+      for leaf in jax.tree.leaves(weights):
+        arr = concrete(leaf)
+        if arr is not None and not np.all(arr > 0):
+          raise ValueError(f"{self.name}: weights must be positive (log W is taken); got min {arr.min():.3g}")
+        if arr is not None and isinstance(self.retention, ret.BregmanSigmoid) and not np.all(arr < 1):
+          raise ValueError(f"{self.name}: weights must lie in (0, 1); got max {arr.max():.3g}")
+    w, accum = self.retention.init(weights)
+    momentum = jax.tree.map(jnp.zeros_like, w) if self.algorithm.has_momentum else None
+    return MemoryState(weights=w, accum=accum, momentum=momentum)
+
+  # ----------------------------------------------------------------------------------------------
+  def _grad(self, base, k, v, g):
+    return biases.weight_grad(self.memory, self.bias, base, k, v, g.delta, use_loss=self.use_loss)
+
+  def write(self, state: MemoryState, k: jax.Array, v: jax.Array, g: Gates) -> MemoryState:
+    """One token's write (see the module docstring); ``g`` holds this token's gates."""
+    if self.lr_default is not None and g.lr is None:
+      g = g._replace(lr=jnp.asarray(self.lr_default, jnp.float32))
+    if self.key_from_retention:
+      k = 1.0 - g.retention
+    if self.multi_step:
+      w = state.weights if g.retention is None else self.retention.decay(state.weights, g)
+      for i in range(self.algorithm.steps):  # n is small and static: unrolled
+        grad = self._grad(w, k[i], v[i], g)
+        w = jax.tree.map(lambda a, b, lr=g.lr[i]: a - lr * b, w, grad)
+      return state._replace(weights=w)
+    if self.grad_at == "decayed":
+      base = self.retention.decay(state.weights, g)
+      step, momentum = self.algorithm.step(self._grad(base, k, v, g), state.momentum, g, k)
+      return MemoryState(jax.tree.map(jnp.add, base, step), state.accum, momentum)
+    step, momentum = self.algorithm.step(self._grad(state.weights, k, v, g), state.momentum, g, k)
+    w, accum = self.retention.write(state.weights, state.accum, step, g)
+    return MemoryState(w, accum, momentum)
+
+  def read(self, state: MemoryState, q: jax.Array) -> jax.Array:
+    """y = M(W, q) for one query ``q: [d_k]``."""
+    return self.memory.apply(state.weights, q)
+
+  # ----------------------------------------------------------------------------------------------
+  def check(self, state: MemoryState, q, k, v, gates: Gates) -> None:
+    """Raises ``ValueError`` naming the argument when shapes, gates or values are invalid."""
+    if not isinstance(state, MemoryState):
+      raise ValueError(f"state must be a MemoryState (from rule.init_state); got {type(state).__name__}")
+    if not isinstance(gates, Gates):
+      raise ValueError(f"gates must be a miras_jax.Gates; got {type(gates).__name__}")
+    d_k, d_v = self.memory.dims(state.weights)
+    n = self.algorithm.steps if self.multi_step else None
+    _check_array("q", q, 2, f"[T, d_k={d_k}]")
+    t = q.shape[0]
+    kv_rank, kv_desc = (3, f"[T, n={n}, ") if n else (2, "[T, ")
+    _check_array("k", k, kv_rank, kv_desc + f"d_k={d_k}]")
+    _check_array("v", v, kv_rank, kv_desc + f"d_v={d_v}]")
+    expected = {
+        "q": (q.shape, (t, d_k)),
+        "k": (k.shape, (t, n, d_k) if n else (t, d_k)),
+        "v": (v.shape, (t, n, d_v) if n else (t, d_v)),
+    }
+    if self.key_from_retention:
+      expected.pop("k")  # ignored
+      if k.shape[0] != t:
+        raise ValueError(f"k must have T={t} rows like q; got {k.shape}")
+    for name, (got, want) in expected.items():
+      if tuple(got) != want:
+        raise ValueError(f"{name} must have shape {want} (T from q, d_k/d_v from the state); got {tuple(got)}")
+    for name in self.required_gates:
+      if getattr(gates, name) is None:
+        raise ValueError(f"gates.{name} is required by preset '{self.name}' and is None")
+    linear = isinstance(self.memory, LinearMemory)
+    shapes = {
+        "lr": [(t, n)] if n else [(t,)],
+        "momentum": [(t,)],
+        "delta": [(t,)],
+        "retention": self._retention_shapes(t, d_k, linear),
+        "retention_value": [(t, d_v)],
+    }
+    for name, allowed in shapes.items():
+      value = getattr(gates, name)
+      if value is None or name not in self.used_gates:
+        continue
+      if not hasattr(value, "shape") or tuple(value.shape) not in allowed:
+        got = getattr(value, "shape", type(value).__name__)
+        raise ValueError(f"gates.{name} must have shape {' or '.join(map(str, allowed))}; got {got}")
+    check_gate_values(gates)
+
+  def _retention_shapes(self, t, d_k, linear):
+    channels = getattr(self.retention, "channels", "any")
+    if self.key_from_retention or channels in ("key", "key_value"):
+      return [(t, d_k)]
+    if channels == "scalar" or not linear:
+      return [(t,)]
+    return [(t,), (t, d_k)]
+
+
+def _check_array(name, x, rank, desc):
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    raise ValueError(f"{name} must be an array of shape {desc}; got {type(x).__name__}")
+  if x.ndim != rank:
+    raise ValueError(f"{name} must have rank {rank}, shape {desc}; got shape {tuple(x.shape)}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating array; got dtype {x.dtype}")
+
+
+def recurrent(rule, state, q, k, v, gates: Gates, *, read_before_write: bool = False):
+  """Token-serial ground truth of a memory rule, built on ``lax.scan``.
+
+  For t = 1..T: ``state_t = rule.write(state_{t−1}, k_t, v_t, g_t)`` and ``y_t = M(W_t, q_t)``
+  (reads after the write, Titans Eq 15; ``read_before_write=True`` reads ``W_{t−1}``). Gradients of
+  non-linear memories are taken with ``jax.grad``/``jax.vjp`` inside the scan.
+
+  Args:
+    rule: a ``Rule`` (``miras_jax.presets.get(name)``) or the non-parametric ``SoftmaxAttention``.
+    state: the state from ``rule.init_state`` or a previous call (calls compose: two calls on
+      halves equal one call on the whole).
+    q, k: ``[T, d_k]``; v: ``[T, d_v]`` (DeltaProduct: ``k: [T, n, d_k]``, ``v: [T, n, d_v]``).
+    gates: a ``Gates`` whose fields are ``[T, …]`` arrays or ``None`` where unused.
+
+  Returns:
+    ``(ys, state)``: outputs ``[T, d_v]`` and the state after the last token.
+  """
+  rule.check(state, q, k, v, gates)
+  gates = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
+
+  def step(carry, xs):
+    q_t, k_t, v_t, g_t = xs
+    new = rule.write(carry, k_t, v_t, g_t)
+    y = rule.read(carry if read_before_write else new, q_t)
+    return new, y
+
+  state, ys = jax.lax.scan(step, state, (q, k, v, gates))
+  return ys, state
