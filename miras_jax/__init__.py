@@ -1,43 +1,43 @@
 """miras_jax: neural test-time memory (Titans, MIRAS, Nested Learning) in JAX.
 
-    import miras_jax as mj
-    rule = mj.presets.get("gated_delta_net")
-    state = rule.init_state(w0)                               # w0: [d_v, d_k]
-    ys, state = mj.recurrent(rule, state, q, k, v, gates)     # q, k: [T, d_k]; v: [T, d_v]
+import miras_jax as mj
+rule = mj.presets.get("gated_delta_net")
+state = rule.init_state(w0)                               # w0: [d_v, d_k]
+ys, state = mj.recurrent(rule, state, q, k, v, gates)     # q, k: [T, d_k]; v: [T, d_v]
 """
 
 from miras_jax import core
 from miras_jax.core import (
-    Gates,
-    KVCache,
-    LinearMemory,
-    MemoryState,
-    MLPMemory,
-    Rule,
-    SoftmaxAttention,
-    algorithms,
-    biases,
-    presets,
-    recurrent,
-    retention,
-    softmax_attention,
+  Gates,
+  KVCache,
+  LinearMemory,
+  MemoryState,
+  MLPMemory,
+  Rule,
+  SoftmaxAttention,
+  algorithms,
+  biases,
+  presets,
+  recurrent,
+  retention,
+  softmax_attention,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Gates",
-    "KVCache",
-    "LinearMemory",
-    "MLPMemory",
-    "MemoryState",
-    "Rule",
-    "SoftmaxAttention",
-    "algorithms",
-    "biases",
-    "core",
-    "presets",
-    "recurrent",
-    "retention",
-    "softmax_attention",
+  "Gates",
+  "KVCache",
+  "LinearMemory",
+  "MLPMemory",
+  "MemoryState",
+  "Rule",
+  "SoftmaxAttention",
+  "algorithms",
+  "biases",
+  "core",
+  "presets",
+  "recurrent",
+  "retention",
+  "softmax_attention",
 ]

@@ -26,9 +26,13 @@ def softmax_attention(q, k, v, *, window: int | None = None, scale: float | None
   """Parallel causal softmax attention. ``q, k: [T, d_k]``, ``v: [T, d_v]`` → ``[T, d_v]``."""
   for name, x in (("q", q), ("k", k), ("v", v)):
     if getattr(x, "ndim", None) != 2:
-      raise ValueError(f"{name} must be a [T, d] array; got {getattr(x, 'shape', type(x).__name__)}")
+      raise ValueError(
+        f"{name} must be a [T, d] array; got {getattr(x, 'shape', type(x).__name__)}"
+      )
   if k.shape != q.shape or v.shape[0] != q.shape[0]:
-    raise ValueError(f"q, k must be [T, d_k] and v [T, d_v] with one T; got {q.shape}, {k.shape}, {v.shape}")
+    raise ValueError(
+      f"q, k must be [T, d_k] and v [T, d_v] with one T; got {q.shape}, {k.shape}, {v.shape}"
+    )
   if window is not None and window < 1:
     raise ValueError(f"window must be >= 1 or None; got {window}")
   t = q.shape[0]
@@ -77,11 +81,13 @@ class SoftmaxAttention:
     if capacity is None or capacity < 1:
       raise ValueError("capacity must be a positive int (needed when window is None)")
     if self.window is not None and capacity != self.window:
-      raise ValueError(f"capacity must equal window={self.window} for windowed attention; got {capacity}")
+      raise ValueError(
+        f"capacity must equal window={self.window} for windowed attention; got {capacity}"
+      )
     return KVCache(
-        keys=jnp.zeros((capacity, d_k), jnp.float32),
-        values=jnp.zeros((capacity, d_v), jnp.float32),
-        length=jnp.zeros((), jnp.int32),
+      keys=jnp.zeros((capacity, d_k), jnp.float32),
+      values=jnp.zeros((capacity, d_v), jnp.float32),
+      length=jnp.zeros((), jnp.int32),
     )
 
   def write(self, state: KVCache, k, v, g=None) -> KVCache:
@@ -101,4 +107,6 @@ class SoftmaxAttention:
     d_v = state.values.shape[1]
     for name, x, d in (("q", q, d_k), ("k", k, d_k), ("v", v, d_v)):
       if getattr(x, "ndim", None) != 2 or x.shape[1] != d or x.shape[0] != q.shape[0]:
-        raise ValueError(f"{name} must have shape [T, {d}]; got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+          f"{name} must have shape [T, {d}]; got {getattr(x, 'shape', type(x).__name__)}"
+        )

@@ -36,11 +36,11 @@ class Gates(NamedTuple):
 
 # Valid range of each gate: (lower, lower inclusive, upper).
 _RANGES = {
-    "lr": (0.0, True, None),
-    "retention": (0.0, True, 1.0),
-    "retention_value": (0.0, True, 1.0),
-    "momentum": (0.0, True, 1.0),
-    "delta": (0.0, False, None),
+  "lr": (0.0, True, None),
+  "retention": (0.0, True, 1.0),
+  "retention_value": (0.0, True, 1.0),
+  "momentum": (0.0, True, 1.0),
+  "delta": (0.0, False, None),
 }
 
 

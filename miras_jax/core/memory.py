@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact (erf) GELU
-    "silu": jax.nn.silu,
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact (erf) GELU
+  "silu": jax.nn.silu,
+  "relu": jax.nn.relu,
+  "tanh": jnp.tanh,
 }
 
 
@@ -98,24 +98,24 @@ class MLPMemory:
     sizes = [d_k] + [h] * (self.depth - 1) + [d_v]
     keys = jax.random.split(key, self.depth)
     return tuple(
-        scale * jax.random.normal(kk, (n_out, n_in), jnp.float32) / jnp.sqrt(n_in)
-        for kk, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+      scale * jax.random.normal(kk, (n_out, n_in), jnp.float32) / jnp.sqrt(n_in)
+      for kk, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
     )
 
   def dims(self, weights: Any) -> tuple[int, int]:
     """Returns ``(d_k, d_v)`` of the weights, or raises ``ValueError`` naming ``weights``."""
     if not isinstance(weights, (tuple, list)) or len(weights) != self.depth:
       raise ValueError(
-          f"weights of {self.name} must be a tuple of {self.depth} matrices; "
-          f"got {type(weights).__name__} of length {len(weights) if hasattr(weights, '__len__') else '?'}"
+        f"weights of {self.name} must be a tuple of {self.depth} matrices; "
+        f"got {type(weights).__name__} of length {len(weights) if hasattr(weights, '__len__') else '?'}"
       )
     for i, w in enumerate(weights):
       if not hasattr(w, "ndim") or w.ndim != 2:
         raise ValueError(f"weights[{i}] must be a matrix; got {getattr(w, 'shape', w)}")
       if i and w.shape[1] != weights[i - 1].shape[0]:
         raise ValueError(
-            f"weights[{i}] has shape {w.shape}, which does not chain with weights[{i - 1}] "
-            f"{weights[i - 1].shape}"
+          f"weights[{i}] has shape {w.shape}, which does not chain with weights[{i - 1}] "
+          f"{weights[i - 1].shape}"
         )
     d_k, d_v = int(weights[0].shape[1]), int(weights[-1].shape[0])
     if self.residual_ln and d_k != d_v:

@@ -100,15 +100,24 @@ def _linear(name, bias, retention, algorithm, **kw):
 @_register("linear_attention")
 def linear_attention(use_loss=False):
   return _linear(
-      "linear_attention", biases.DotProduct(), ret.NoRetention(), algos.GD(), lr_default=1.0,
-      use_loss=use_loss,
+    "linear_attention",
+    biases.DotProduct(),
+    ret.NoRetention(),
+    algos.GD(),
+    lr_default=1.0,
+    use_loss=use_loss,
   )
 
 
 def _hebbian_decay(name, channels, use_loss, **kw):
   return _linear(
-      name, biases.DotProduct(), ret.Decay(channels), algos.GD(), lr_default=1.0,
-      use_loss=use_loss, **kw,
+    name,
+    biases.DotProduct(),
+    ret.Decay(channels),
+    algos.GD(),
+    lr_default=1.0,
+    use_loss=use_loss,
+    **kw,
   )
 
 
@@ -151,8 +160,12 @@ def delta_net(use_loss=False):
 @_register("gated_delta_net")
 def gated_delta_net(use_loss=False):
   return _linear(
-      "gated_delta_net", biases.L2(), ret.Decay("scalar"), algos.GD(), grad_at="decayed",
-      use_loss=use_loss,
+    "gated_delta_net",
+    biases.L2(),
+    ret.Decay("scalar"),
+    algos.GD(),
+    grad_at="decayed",
+    use_loss=use_loss,
   )
 
 
@@ -164,8 +177,12 @@ def rwkv7(use_loss=False):
 @_register("delta_product")
 def delta_product(n=2, use_loss=False):
   return _linear(
-      "delta_product", biases.L2(), ret.Decay("scalar"), algos.MultiStepGD(n), grad_at="decayed",
-      use_loss=use_loss,
+    "delta_product",
+    biases.L2(),
+    ret.Decay("scalar"),
+    algos.MultiStepGD(n),
+    grad_at="decayed",
+    use_loss=use_loss,
   )
 
 
@@ -198,8 +215,12 @@ def titans_lmm(memory=None, use_loss=False):
 def moneta(memory=None, p=3.0, q=4.0, smooth=False, use_loss=False):
   mem = resolve_memory(memory, MIRAS_MLP)
   return Rule(
-      "moneta", mem, biases.Lp(p=p, smooth=smooth), ret.LqNormalization(q=q), algos.GD(),
-      use_loss=use_loss,
+    "moneta",
+    mem,
+    biases.Lp(p=p, smooth=smooth),
+    ret.LqNormalization(q=q),
+    algos.GD(),
+    use_loss=use_loss,
   )
 
 

@@ -67,11 +67,11 @@ class Rule:
     decays = isinstance(self.retention, (ret.Decay, ret.NoRetention))
     if (self.grad_at == "decayed" or self.multi_step) and not decays:
       raise ValueError(
-          f"{self.name}: a decayed gradient base point or multi-step GD needs Decay or NoRetention "
-          f"retention; got {self.retention.name}"
+        f"{self.name}: a decayed gradient base point or multi-step GD needs Decay or NoRetention "
+        f"retention; got {self.retention.name}"
       )
     if isinstance(self.algorithm, algos.ImplicitGD) and not (
-        isinstance(self.memory, LinearMemory) and isinstance(self.bias, biases.L2)
+      isinstance(self.memory, LinearMemory) and isinstance(self.bias, biases.L2)
     ):
       raise ValueError(f"{self.name}: implicit GD is closed-form only for a linear memory and l2")
     if self.use_loss and self.bias.loss is None:
@@ -109,8 +109,12 @@ class Rule:
       for leaf in jax.tree.leaves(weights):
         arr = concrete(leaf)
         if arr is not None and not np.all(arr > 0):
-          raise ValueError(f"{self.name}: weights must be positive (log W is taken); got min {arr.min():.3g}")
-        if arr is not None and isinstance(self.retention, ret.BregmanSigmoid) and not np.all(arr < 1):
+          raise ValueError(
+            f"{self.name}: weights must be positive (log W is taken); got min {arr.min():.3g}"
+          )
+        if (
+          arr is not None and isinstance(self.retention, ret.BregmanSigmoid) and not np.all(arr < 1)
+        ):
           raise ValueError(f"{self.name}: weights must lie in (0, 1); got max {arr.max():.3g}")
     w, accum = self.retention.init(weights)
     momentum = jax.tree.map(jnp.zeros_like, w) if self.algorithm.has_momentum else None
@@ -148,7 +152,9 @@ class Rule:
   def check(self, state: MemoryState, q, k, v, gates: Gates) -> None:
     """Raises ``ValueError`` naming the argument when shapes, gates or values are invalid."""
     if not isinstance(state, MemoryState):
-      raise ValueError(f"state must be a MemoryState (from rule.init_state); got {type(state).__name__}")
+      raise ValueError(
+        f"state must be a MemoryState (from rule.init_state); got {type(state).__name__}"
+      )
     if not isinstance(gates, Gates):
       raise ValueError(f"gates must be a miras_jax.Gates; got {type(gates).__name__}")
     d_k, d_v = self.memory.dims(state.weights)
@@ -159,9 +165,9 @@ class Rule:
     _check_array("k", k, kv_rank, kv_desc + f"d_k={d_k}]")
     _check_array("v", v, kv_rank, kv_desc + f"d_v={d_v}]")
     expected = {
-        "q": (q.shape, (t, d_k)),
-        "k": (k.shape, (t, n, d_k) if n else (t, d_k)),
-        "v": (v.shape, (t, n, d_v) if n else (t, d_v)),
+      "q": (q.shape, (t, d_k)),
+      "k": (k.shape, (t, n, d_k) if n else (t, d_k)),
+      "v": (v.shape, (t, n, d_v) if n else (t, d_v)),
     }
     if self.key_from_retention:
       expected.pop("k")  # ignored
@@ -169,17 +175,19 @@ class Rule:
         raise ValueError(f"k must have T={t} rows like q; got {k.shape}")
     for name, (got, want) in expected.items():
       if tuple(got) != want:
-        raise ValueError(f"{name} must have shape {want} (T from q, d_k/d_v from the state); got {tuple(got)}")
+        raise ValueError(
+          f"{name} must have shape {want} (T from q, d_k/d_v from the state); got {tuple(got)}"
+        )
     for name in self.required_gates:
       if getattr(gates, name) is None:
         raise ValueError(f"gates.{name} is required by preset '{self.name}' and is None")
     linear = isinstance(self.memory, LinearMemory)
     shapes = {
-        "lr": [(t, n)] if n else [(t,)],
-        "momentum": [(t,)],
-        "delta": [(t,)],
-        "retention": self._retention_shapes(t, d_k, linear),
-        "retention_value": [(t, d_v)],
+      "lr": [(t, n)] if n else [(t,)],
+      "momentum": [(t,)],
+      "delta": [(t,)],
+      "retention": self._retention_shapes(t, d_k, linear),
+      "retention_value": [(t, d_v)],
     }
     for name, allowed in shapes.items():
       value = getattr(gates, name)
@@ -187,7 +195,9 @@ class Rule:
         continue
       if not hasattr(value, "shape") or tuple(value.shape) not in allowed:
         got = getattr(value, "shape", type(value).__name__)
-        raise ValueError(f"gates.{name} must have shape {' or '.join(map(str, allowed))}; got {got}")
+        raise ValueError(
+          f"gates.{name} must have shape {' or '.join(map(str, allowed))}; got {got}"
+        )
     check_gate_values(gates)
 
   def _retention_shapes(self, t, d_k, linear):
