@@ -1,9 +1,12 @@
 """miras_jax: neural test-time memory (Titans, MIRAS, Nested Learning) in JAX.
 
-import miras_jax as mj
-rule = mj.presets.get("gated_delta_net")
-state = rule.init_state(w0)                               # w0: [d_v, d_k]
-ys, state = mj.recurrent(rule, state, q, k, v, gates)     # q, k: [T, d_k]; v: [T, d_v]
+Example::
+
+  import miras_jax as mj
+  rule = mj.presets.get("gated_delta_net")
+  state = rule.init_state(w0)                                   # w0: [d_v, d_k]
+  ys, state = mj.recurrent(rule, state, q, k, v, gates)         # q, k: [T, d_k]; v: [T, d_v]
+  ys, state = mj.chunked(rule, state, q, k, v, gates, chunk_size=64)   # the parallel form
 """
 
 from miras_jax import core
@@ -17,6 +20,8 @@ from miras_jax.core import (
   SoftmaxAttention,
   algorithms,
   biases,
+  chunk_reference,
+  chunked,
   presets,
   recurrent,
   retention,
@@ -35,6 +40,8 @@ __all__ = [
   "SoftmaxAttention",
   "algorithms",
   "biases",
+  "chunk_reference",
+  "chunked",
   "core",
   "presets",
   "recurrent",

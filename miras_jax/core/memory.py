@@ -1,7 +1,8 @@
 """Memory architectures: the first MIRAS choice (what the memory M is).
 
-A memory is a frozen dataclass with ``apply(weights, x)``, mapping one key or query ``x: [d_k]`` to
-``[d_v]``. The weights are a pytree held in the memory state and updated by the rule.
+A memory is a frozen dataclass with ``apply(weights, x)``, mapping keys or queries ``x: [..., d_k]``
+to ``[..., d_v]``. Each of its ``depth`` layers is a linear map ``h ↦ W_l h`` (which ``apply`` lets a
+caller replace through ``linear=``, as the chunked dual form does) followed by a fixed non-linearity. The weights are a pytree held in the memory state and updated by the rule.
 
 - ``LinearMemory``: ``M(x) = W x`` with ``W: [d_v, d_k]`` (CONVENTIONS §1; a write is ``v kᵀ``).
 - ``MLPMemory``: ``M(x) = W_L σ(… σ(W_1 x))`` (Titans §3.1 with ``L_M = depth``), weights a tuple
@@ -29,14 +30,26 @@ ACTIVATIONS = {
 }
 
 
+def _matmul(layer: int, w: jax.Array, h: jax.Array) -> jax.Array:
+  """Layer ``layer``'s linear map ``h ↦ W h`` on a batch ``h: [..., n_in]``."""
+  return h @ w.T
+
+
+def _linear(linear):
+  return _matmul if linear is None else linear
+
+
 @dataclasses.dataclass(frozen=True)
 class LinearMemory:
   """Matrix memory ``M(x) = W x`` with ``W: [d_v, d_k]``."""
 
   name = "linear"
 
-  def apply(self, weights: jax.Array, x: jax.Array) -> jax.Array:
-    return weights @ x
+  depth = 1
+
+  def apply(self, weights: jax.Array, x: jax.Array, *, linear=None) -> jax.Array:
+    """``M(x) = W x`` for ``x: [..., d_k]``; ``linear(l, w, h)`` overrides the matmul (dual forms)."""
+    return _linear(linear)(0, weights, x)
 
   def init(self, key: jax.Array, d_k: int, d_v: int, scale: float = 0.0) -> jax.Array:
     """Initial ``W_0: [d_v, d_k]``: zeros by default, else normal with std ``scale / √d_k``."""
@@ -77,11 +90,12 @@ class MLPMemory:
     kind = "residual_ln_mlp" if self.residual_ln else "mlp"
     return f"{kind}(depth={self.depth}, expansion={self.expansion}, {self.activation})"
 
-  def apply(self, weights, x: jax.Array) -> jax.Array:
-    act = ACTIVATIONS[self.activation]
+  def apply(self, weights, x: jax.Array, *, linear=None) -> jax.Array:
+    """``M(x)`` for ``x: [..., d_k]``; ``linear(l, w, h)`` overrides layer l's matmul (dual forms)."""
+    act, linear = ACTIVATIONS[self.activation], _linear(linear)
     h = x
     for i, w in enumerate(weights):
-      h = w @ h
+      h = linear(i, w, h)
       if i < len(weights) - 1:
         h = act(h)
     if self.residual_ln:

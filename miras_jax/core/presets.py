@@ -195,7 +195,17 @@ def longhorn(use_loss=False):
 @_register("ttt_linear")
 def ttt_linear(memory="linear", use_loss=False):
   mem = resolve_memory(memory, LinearMemory())
-  return Rule("ttt_linear", mem, biases.L2(), ret.NoRetention(), algos.GD(), use_loss=use_loss)
+  # TTT trains with mini-batch GD (its chunk semantics), although with a linear memory this rule
+  # is the delta rule and would admit the exact form.
+  return Rule(
+    "ttt_linear",
+    mem,
+    biases.L2(),
+    ret.NoRetention(),
+    algos.GD(),
+    use_loss=use_loss,
+    chunk_form="minibatch",
+  )
 
 
 @_register("ttt_mlp")

@@ -60,8 +60,11 @@ class Rule:
   lr_default: float | None = None  # used when gates.lr is None; None makes gates.lr required
   key_from_retention: bool = False  # HGRN2: the key is 1 − α_t and the given k is ignored
   use_loss: bool = False  # differentiate the bias's loss with jax.grad instead of its closed form
+  chunk_form: str = "auto"  # chunked(): "auto" (exact when linear in the state) or "minibatch"
 
   def __post_init__(self):
+    if self.chunk_form not in ("auto", "minibatch"):
+      raise ValueError(f"chunk_form must be 'auto' or 'minibatch'; got {self.chunk_form!r}")
     if self.grad_at not in ("previous", "decayed"):
       raise ValueError(f"grad_at must be 'previous' or 'decayed'; got {self.grad_at!r}")
     decays = isinstance(self.retention, (ret.Decay, ret.NoRetention))

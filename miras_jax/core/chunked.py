@@ -1,0 +1,482 @@
+"""Chunked (parallel) training forms of the memory rules, and the chunk-semantics reference.
+
+``chunked(rule, state, q, k, v, gates, chunk_size=b)`` has the arguments and returns of
+``recurrent`` (CONVENTIONS §5). The sequence is cut into chunks of b tokens from the start of the
+call (the last chunk holds the remaining T mod b tokens); a ``lax.scan`` carries the memory state
+from chunk to chunk, under ``jax.checkpoint`` so that the backward pass keeps one state per chunk.
+
+**Exact chunkwise forms** (rules linear in the state: linear memory, GD / implicit GD / multi-step
+GD, decay or no retention, dot-product or ℓ2 bias). Every such rule is a "diagonal plus rank one"
+recurrence, W_t = W_{t−1} D_t + w_t k_tᵀ with D_t = diag(α_t) and the written value
+
+    w_t = ω_t v_t − ε_t W_{t−1} E_t k_t,     E_t = D_t (gradient at the decayed state) or I,
+
+(Hebbian: ω = η, ε = 0; delta rule: ω = ε = β; Longhorn: ω = ε = β/(1 + β kᵀk)). With the in-chunk
+cumulative log decays L_t = Σ_{l≤t} log α_l, the values of a chunk solve the unit lower-triangular
+system (the WY/UT representation of Yang et al.'s DeltaNet and Gated DeltaNet chunk algorithms)
+
+    (I + diag(ε) M) w = diag(ω) V − diag(ε) (e^{L^E} ⊙ K) W_0ᵀ,   M_ij = Σ_c k_ic k_jc e^{L^E_ic − L_jc}, j < i,
+
+and then ``Y = (e^{L} ⊙ Q) W_0ᵀ + P w`` with P_ti = Σ_c q_tc k_ic e^{L_tc − L_ic} (i ≤ t), and
+``W_b = W_0 diag(e^{L_b}) + wᵀ (e^{L_b − L} ⊙ K)``. Scalar decays make M and P plain matmuls;
+key-channel decays (GLA, RWKV-7, HGRN2, DFW) form them from a [b, b, d_k] tensor so that every
+exponent is ≤ 0 (no division by small cumulative products). Everything but the three matmuls that
+involve W_0 is computed for all chunks at once. DeltaProduct runs as Gated DeltaNet on its T·n
+sub-steps. Output equals ``recurrent`` at every chunk size up to float32 round-off.
+
+**Mini-batch forms** (everything else: TTT, Titans LMM, Moneta, Yaad, Memora, any MLP memory; Titans
+Eq 16–18, MIRAS Eq 28–32). Inside a chunk every token's gradient is taken at the state the previous
+chunk left (the *base*), with ``jax.vmap`` over tokens; decay and momentum are applied token by
+token as linear recurrences, which makes every in-chunk state a linear combination
+
+    W_t = a_t W_0 + b_t S_0 − Σ_{i≤t} C_ti ∇_i,     S_b = m_b S_0 − Σ_i η_i (m_b/m_i) ∇_i,
+
+with a_t = Π α, m_t = Π μ, C = D^α (D^μ ⊙ η) from the decay masks D^α_ti = Π_{i<l≤t} α_l. For each
+layer the per-token gradient is an outer product ∇_i = g_i x_iᵀ (backward signal × layer input at the
+base), so token t reads its own W_t without materialising it (the dual form):
+``W_t h = a_t W_0 h + b_t S_0 h − Σ_i C_ti (x_i·h) g_i``. Non-linear retention acts at chunk
+boundaries: Moneta reads A_t / ‖A_{t'}‖_q^{q−2} with the normaliser of the previous boundary and
+renormalises at the chunk's last token; Memora's first token of each chunk (the lag token, MIRAS
+Eq 30) gets the full softmax update, and the rest of the chunk the linear one W_t = α_t W_{t−1} −
+η_t ∇ℓ(W_lag) (Eq 31–32). ``chunk_reference`` is the same semantics written token by token with
+materialised weights; with ``chunk_size=1`` it equals ``recurrent`` exactly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from miras_jax.core import algorithms as algos
+from miras_jax.core import biases
+from miras_jax.core import retention as ret
+from miras_jax.core.attention import KVCache, SoftmaxAttention
+from miras_jax.core.gates import Gates
+from miras_jax.core.memory import LinearMemory
+from miras_jax.core.rule import MemoryState, Rule
+
+_TINY = 1e-30  # α is clamped here before the log, so that α = 0 gives a finite log decay
+
+
+def _log(x):
+  return jnp.log(jnp.maximum(x, _TINY))
+
+
+# ================================================================================================
+# Form selection and the driver shared by every form
+# ================================================================================================
+def exact_form_applies(rule: Rule) -> bool:
+  """True when ``rule`` is linear in its state and has an exact chunkwise form (module docstring)."""
+  return (
+    isinstance(rule, Rule)
+    and rule.chunk_form != "minibatch"
+    and isinstance(rule.memory, LinearMemory)
+    and isinstance(rule.algorithm, (algos.GD, algos.ImplicitGD, algos.MultiStepGD))
+    and isinstance(rule.retention, (ret.Decay, ret.NoRetention))
+    and isinstance(rule.bias, (biases.DotProduct, biases.L2))
+    and not (
+      isinstance(rule.bias, biases.L2) and getattr(rule.retention, "channels", "") == "key_value"
+    )
+  )
+
+
+def _split(tree, b: int, t: int):
+  """Splits the leading T axis of every leaf into (full chunks [N, b, …], remainder [T mod b, …])."""
+  n = t // b
+  full = jax.tree.map(lambda x: x[: n * b].reshape(n, b, *x.shape[1:]), tree) if n else None
+  rest = jax.tree.map(lambda x: x[n * b :], tree) if t % b else None
+  return full, rest
+
+
+def _scan_chunks(body, carry, full, rest, remat: bool):
+  """Runs ``body(carry, chunk) -> (carry, ys)`` over the full chunks (scanned) and the remainder."""
+  outs = []
+  if full is not None:
+    fn = jax.checkpoint(body) if remat else body
+    carry, ys = jax.lax.scan(fn, carry, full)
+    outs.append(ys.reshape(-1, *ys.shape[2:]))
+  if rest is not None:
+    carry, ys = body(carry, rest)
+    outs.append(ys)
+  return jnp.concatenate(outs) if len(outs) > 1 else outs[0], carry
+
+
+def chunked(rule, state, q, k, v, gates: Gates, *, chunk_size: int = 64, remat: bool = True):
+  """Chunked form of ``rule``: exact for rules linear in the state, mini-batch semantics otherwise.
+
+  Args:
+    rule, state, q, k, v, gates: as for ``recurrent`` (shapes ``q, k: [T, d_k]``, ``v: [T, d_v]``).
+    chunk_size: b, the tokens per chunk (mini-batch forms: the gradient base point is frozen per
+      chunk). Chunks are counted from the start of the call; T need not be a multiple of b.
+    remat: wrap each chunk in ``jax.checkpoint`` (activation memory grows with T/b).
+
+  Returns:
+    ``(ys, state)`` as ``recurrent``: ``ys: [T, d_v]`` and the state after the last token.
+  """
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  rule.check(state, q, k, v, gates)
+  if isinstance(rule, SoftmaxAttention):
+    return _attention_chunked(rule, state, q, k, v, chunk_size, remat)
+  gates = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
+  if exact_form_applies(rule):
+    return _exact(rule, state, q, k, v, gates, chunk_size, remat)
+  return _minibatch(rule, state, q, k, v, gates, chunk_size, remat)
+
+
+# ================================================================================================
+# Exact chunkwise form (Hebbian and delta-rule families)
+# ================================================================================================
+def _decay_gram(x, y, lx, ly, strict: bool):
+  """G_ti = Σ_c x_tc y_ic exp(lx_tc − ly_ic) for i ≤ t (i < t when strict), else 0.
+
+  ``x, y: [b, d]``; ``lx, ly: [b]`` (scalar decay, a matmul) or ``[b, d]`` (channel decay, via a
+  [b, b, d] tensor). Exponents of kept entries are ≤ 0; the rest are masked before ``exp``.
+  """
+  b = x.shape[0]
+  mask = jnp.tril(jnp.ones((b, b), bool), k=-1 if strict else 0)
+  if lx.ndim == 1:
+    diff = jnp.where(mask, lx[:, None] - ly[None, :], 0.0)
+    return jnp.where(mask, (x @ y.T) * jnp.exp(diff), 0.0)
+  diff = jnp.where(mask[..., None], lx[:, None, :] - ly[None, :, :], 0.0)
+  return jnp.where(mask, jnp.einsum("tc,ic,tic->ti", x, y, jnp.exp(diff)), 0.0)
+
+
+def _exact_inputs(rule: Rule, q, k, v, g: Gates):
+  """Per-token quantities of the diagonal-plus-rank-one form: (q, k, v, ω, ε, log α, log β_v)."""
+  t = q.shape[0]
+  lr = g.lr if g.lr is not None else jnp.full(k.shape[:-1], rule.lr_default, q.dtype)
+  if rule.key_from_retention:
+    k = 1.0 - g.retention
+  log_a = _log(g.retention) if g.retention is not None else jnp.zeros((t,), q.dtype)
+  log_bv = _log(g.retention_value) if g.retention_value is not None else None
+  if isinstance(rule.algorithm, algos.MultiStepGD):  # DeltaProduct → Gated DeltaNet on T·n steps
+    n = rule.algorithm.steps
+    zeros = jnp.zeros((t, n - 1), q.dtype)
+    log_a = jnp.concatenate([log_a[:, None], zeros], axis=1).reshape(t * n)
+    q = jnp.concatenate([jnp.zeros((t, n - 1, q.shape[-1]), q.dtype), q[:, None]], 1)
+    q, k, v, lr = (x.reshape(t * n, *x.shape[2:]) for x in (q, k, v, lr))
+  if isinstance(rule.algorithm, algos.ImplicitGD):
+    lr = lr / (1.0 + lr * jnp.sum(k * k, axis=-1))
+  erase = lr if isinstance(rule.bias, biases.L2) else None
+  return q, k, v, lr, erase, log_a, log_bv
+
+
+def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
+  t = q.shape[0]
+  n = rule.algorithm.steps if isinstance(rule.algorithm, algos.MultiStepGD) else 1
+  decayed = rule.grad_at == "decayed"
+  q, k, v, write, erase, log_a, log_bv = _exact_inputs(rule, q, k, v, g)
+
+  def prepare(c):
+    """Everything of one chunk that does not depend on W_0."""
+    l = jnp.cumsum(c["log_a"], axis=0)  # [b] or [b, d_k]
+    expand = (lambda x: x[:, None]) if l.ndim == 1 else (lambda x: x)
+    p = _decay_gram(c["q"], c["k"], l, l, strict=False)
+    a_v = c["write"][:, None] * c["v"]
+    pre = {"qd": jnp.exp(expand(l)) * c["q"], "p": p, "a_v": a_v}
+    pre["k_end"] = jnp.exp(expand(l[-1] - l)) * c["k"]
+    pre["decay_end"] = jnp.exp(l[-1])
+    if erase is not None:
+      le = l if decayed else l - c["log_a"]
+      m = _decay_gram(c["k"], c["k"], le, l, strict=True)
+      tri = jnp.eye(m.shape[0], dtype=m.dtype) + c["erase"][:, None] * m
+      rhs = jnp.concatenate([a_v, c["erase"][:, None] * jnp.exp(expand(le)) * c["k"]], axis=1)
+      sol = jax.scipy.linalg.solve_triangular(tri, rhs, lower=True, unit_diagonal=True)
+      pre["a_v"], pre["a_k"] = sol[:, : a_v.shape[1]], sol[:, a_v.shape[1] :]
+    if log_bv is not None:  # value-channel decay (DFW): a [b, b, d_v] factor on P
+      lv = jnp.cumsum(c["log_bv"], axis=0)
+      mask = jnp.tril(jnp.ones(p.shape, bool))
+      pre["ev"] = jnp.exp(lv)
+      pre["pv"] = jnp.where(
+        mask[..., None], jnp.exp(jnp.where(mask[..., None], lv[:, None] - lv[None], 0.0)), 0.0
+      )
+      pre["ev_end"] = jnp.exp(lv[-1] - lv)
+    return pre
+
+  def propagate(w0, pre):
+    """Outputs and end state of one chunk from W_0: the only part that runs sequentially."""
+    w = pre["a_v"] - pre["a_k"] @ w0.T if erase is not None else pre["a_v"]  # [b, d_v]
+    direct = pre["qd"] @ w0.T  # [b, d_v]
+    if log_bv is None:
+      y = direct + pre["p"] @ w
+      w_end = w0 * pre["decay_end"] + w.T @ pre["k_end"]
+    else:
+      y = pre["ev"] * direct + jnp.einsum("ti,ir,tir->tr", pre["p"], w, pre["pv"])
+      w_end = w0 * pre["decay_end"] * pre["ev"][-1][:, None] + (w * pre["ev_end"]).T @ pre["k_end"]
+    return w_end, y
+
+  xs = {"q": q, "k": k, "v": v, "write": write, "log_a": log_a}
+  if erase is not None:
+    xs["erase"] = erase
+  if log_bv is not None:
+    xs["log_bv"] = log_bv
+  full, rest = _split(xs, b * n, q.shape[0])
+  outs, w = [], state.weights
+  if full is not None:
+    pre = jax.vmap(prepare)(full)
+    body = jax.checkpoint(propagate) if remat else propagate
+    w, ys = jax.lax.scan(body, w, pre)
+    outs.append(ys.reshape(-1, ys.shape[-1]))
+  if rest is not None:
+    w, ys = propagate(w, prepare(rest))
+    outs.append(ys)
+  ys = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+  if n > 1:
+    ys = ys.reshape(t, n, -1)[:, -1]
+  return ys, state._replace(weights=w)
+
+
+# ================================================================================================
+# Mini-batch form (non-linear memories, momentum, non-linear biases and retention)
+# ================================================================================================
+def _check_minibatch(rule: Rule, g: Gates):
+  if rule.grad_at != "previous" or isinstance(
+    rule.algorithm, (algos.ImplicitGD, algos.MultiStepGD)
+  ):
+    raise ValueError(
+      f"{rule.name}: no chunked form for this composition (grad_at={rule.grad_at}, "
+      f"{rule.algorithm.name}); use recurrent"
+    )
+  if not isinstance(
+    rule.retention, (ret.Decay, ret.NoRetention, ret.LqNormalization, ret.KLSoftmax)
+  ):
+    raise ValueError(
+      f"{rule.name}: no chunked form for retention {rule.retention.name}; use recurrent"
+    )
+  for name in ("retention", "retention_value"):
+    x = getattr(g, name)
+    if x is not None and x.ndim != 1:
+      raise ValueError(f"{rule.name}: the mini-batch chunked form needs a scalar gates.{name} [T]")
+
+
+def _token_factors(rule: Rule, base, k, v, delta):
+  """Per-layer (input x, backward signal g) of one token's gradient at ``base``: ∇_l = g_l x_lᵀ."""
+
+  def forward(taps):
+    inputs = []
+
+    def linear(l, w, h):
+      inputs.append(h)
+      return h @ w.T + taps[l]
+
+    return rule.memory.apply(base, k, linear=linear), inputs
+
+  widths = [w.shape[0] for w in jax.tree.leaves(base)]
+  taps = [jnp.zeros((n,), k.dtype) for n in widths]
+  bias = rule.bias
+  if rule.use_loss or bias.output_grad is None:
+
+    def loss(z):
+      pred, inputs = forward(z)
+      return bias.loss(pred, v, delta), inputs
+
+    signals, inputs = jax.grad(loss, has_aux=True)(taps)
+  else:
+    pred, pullback, inputs = jax.vjp(forward, taps, has_aux=True)
+    (signals,) = pullback(bias.output_grad(pred, v, delta))
+  return inputs, signals
+
+
+def _coefficients(g: Gates, momentum: bool):
+  """Decay/momentum coefficients of one chunk: a [b], b_s [b] (None), C [b, b], S-row [b] (None)."""
+  b = g.lr.shape[0]
+  mask = jnp.tril(jnp.ones((b, b), bool))
+  la = jnp.cumsum(_log(g.retention)) if g.retention is not None else jnp.zeros((b,), g.lr.dtype)
+  dec = jnp.where(mask, jnp.exp(jnp.where(mask, la[:, None] - la[None, :], 0.0)), 0.0)  # D^α
+  if not momentum:
+    return jnp.exp(la), None, dec * g.lr[None, :], None
+  lm = jnp.cumsum(_log(g.momentum))
+  mom = jnp.where(mask, jnp.exp(jnp.where(mask, lm[:, None] - lm[None, :], 0.0)), 0.0)  # D^μ
+  mom_lr = mom * g.lr[None, :]
+  return jnp.exp(la), dec @ jnp.exp(lm), dec @ mom_lr, mom_lr[-1]
+
+
+def _leaves(tree):
+  return jax.tree.leaves(tree)
+
+
+def _rebuild(like, leaves):
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _minibatch_chunk(rule: Rule, state: MemoryState, c, lag: bool):
+  """One chunk of the mini-batch form; ``c`` holds q, k, v and the gates of the chunk's tokens."""
+  q, k, v, g = c["q"], c["k"], c["v"], c["g"]
+  lq = isinstance(rule.retention, ret.LqNormalization)
+  ys_lag = None
+  if lag:  # Memora: exact update for the chunk's first token, linear retention for the rest
+    first = jax.tree.map(lambda x: x[0], (k, v, g))
+    w_lag = rule.write(
+      state._replace(weights=jax.tree.map(lambda w: jnp.maximum(w, _TINY), state.weights)), *first
+    )
+    ys_lag = rule.memory.apply(w_lag.weights, q[:1])
+    state = w_lag
+    q, k, v, g = jax.tree.map(lambda x: x[1:], (q, k, v, g))
+    if q.shape[0] == 0:
+      return state, ys_lag
+  base = state.weights
+  xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base, kk, vv, dd))(
+    k, v, g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
+  )
+  momentum = rule.algorithm.has_momentum
+  a, b_s, coef, s_row = _coefficients(g, momentum)
+  start = _leaves(state.accum if lq else state.weights)  # W_0 (A_0 for the ℓq retention)
+  s0 = _leaves(state.momentum) if momentum else None
+
+  def write_sum(l, row):  # Σ_i row_i g_i x_iᵀ for layer l: [n_out, n_in]
+    return (gs[l] * row[:, None]).T @ xs[l]
+
+  ends = [
+    a[-1] * w - write_sum(l, coef[-1]) + (b_s[-1] * s0[l] if momentum else 0.0)
+    for l, w in enumerate(start)
+  ]
+  if lq:
+    accum = _rebuild(state.accum, ends)
+    new_w, _ = rule.retention.init(accum)
+    # Reads use the previous boundary's normaliser, except the last token's (the new boundary).
+    inv = [
+      jnp.where(
+        jnp.arange(q.shape[0]) == q.shape[0] - 1,
+        _inv_norm(e, rule.retention.q),
+        _inv_norm(w, rule.retention.q),
+      )
+      for w, e in zip(start, ends, strict=True)
+    ]
+    new_state = MemoryState(new_w, accum, None)
+  else:
+    new_state = MemoryState(_rebuild(state.weights, ends), None, None)
+  if momentum:
+    s_end = [jnp.exp(jnp.sum(_log(g.momentum))) * s - write_sum(l, s_row) for l, s in enumerate(s0)]
+    new_state = new_state._replace(momentum=_rebuild(state.momentum, s_end))
+
+  def dual(l, w, h):  # W_t h for every token t of the chunk at once: h [b, n_in] → [b, n_out]
+    out = a[:, None] * (h @ start[l].T) - (coef * (h @ xs[l].T)) @ gs[l]
+    if momentum:
+      out = out + b_s[:, None] * (h @ s0[l].T)
+    return out * inv[l][:, None] if lq else out
+
+  ys = rule.memory.apply(start, q, linear=dual)
+  if ys_lag is not None:
+    ys = jnp.concatenate([ys_lag, ys])
+  return new_state, ys
+
+
+def _inv_norm(a, q):
+  """1 / ‖A‖_q^{q−2} (1 when A = 0), the ℓq retention's read scale."""
+  if q == 2.0:
+    return jnp.ones((), a.dtype)
+  nq = jnp.sum(jnp.abs(a) ** q)
+  return jnp.where(nq > 0, 1.0 / jnp.where(nq > 0, nq, 1.0) ** ((q - 2.0) / q), 1.0)
+
+
+def _minibatch(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
+  _check_minibatch(rule, g)
+  if g.lr is None:
+    g = g._replace(lr=jnp.full(q.shape[:1], rule.lr_default, q.dtype))
+  lag = isinstance(rule.retention, ret.KLSoftmax)
+  full, rest = _split({"q": q, "k": k, "v": v, "g": g}, b, q.shape[0])
+  return _scan_chunks(lambda s, c: _minibatch_chunk(rule, s, c, lag), state, full, rest, remat)
+
+
+# ================================================================================================
+# Chunk-semantics reference (token by token, weights materialised)
+# ================================================================================================
+def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, chunk_size: int):
+  """Token-serial mini-batch semantics: the gradient base point is frozen per chunk.
+
+  Same chunking and boundary rules as ``chunked`` (module docstring), written as a ``lax.scan`` over
+  tokens with every W_t materialised; with ``chunk_size=1`` it is ``recurrent``.
+  """
+  rule.check(state, q, k, v, gates)
+  g = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
+  _check_minibatch(rule, g)
+  if g.lr is None:
+    g = g._replace(lr=jnp.full(q.shape[:1], rule.lr_default, q.dtype))
+  lq = isinstance(rule.retention, ret.LqNormalization)
+  lag = isinstance(rule.retention, ret.KLSoftmax)
+
+  def chunk(state, c):
+    qc, kc, vc, gc = c["q"], c["k"], c["v"], c["g"]
+    size = qc.shape[0]
+    first = 0
+    ys0 = None
+    if lag:
+      start = state._replace(weights=jax.tree.map(lambda w: jnp.maximum(w, _TINY), state.weights))
+      state = rule.write(start, kc[0], vc[0], jax.tree.map(lambda x: x[0], gc))
+      ys0 = rule.memory.apply(state.weights, qc[:1])
+      first = 1
+    base = state.weights
+    scale = jax.tree.map(lambda a: _inv_norm(a, rule.retention.q), state.accum) if lq else None
+    decay_gate = ret.Decay("scalar") if lag else rule.retention
+
+    def token(carry, x):
+      idx, qt, kt, vt, gt = x
+      grad = biases.weight_grad(
+        rule.memory, rule.bias, base, kt, vt, gt.delta, use_loss=rule.use_loss
+      )
+      step, mom = rule.algorithm.step(grad, carry.momentum, gt, kt)
+      if lq:
+        accum = jax.tree.map(jnp.add, ret.scale_by_retention(carry.accum, gt), step)
+        w_end, _ = rule.retention.init(accum)
+        w_mid = jax.tree.map(lambda a, s: a * s, accum, scale)
+        w = jax.tree.map(lambda e, m: jnp.where(idx == size - 1, e, m), w_end, w_mid)
+        new = MemoryState(w_end, accum, mom)
+      else:
+        w, _ = decay_gate.write(carry.weights, None, step, gt)
+        new = MemoryState(w, None, mom)
+      return new, rule.memory.apply(w, qt)
+
+    xs = (
+      jnp.arange(first, size),
+      qc[first:],
+      kc[first:],
+      vc[first:],
+      jax.tree.map(lambda x: x[first:], gc),
+    )
+    if size - first:
+      state, ys = jax.lax.scan(token, state, xs)
+      ys = ys if ys0 is None else jnp.concatenate([ys0, ys])
+    else:
+      ys = ys0
+    return state, ys
+
+  full, rest = _split({"q": q, "k": k, "v": v, "g": g}, chunk_size, q.shape[0])
+  return _scan_chunks(chunk, state, full, rest, remat=False)
+
+
+# ================================================================================================
+# Softmax attention, chunk by chunk over a ring-buffer KV cache
+# ================================================================================================
+def _attention_chunked(rule: SoftmaxAttention, state: KVCache, q, k, v, b: int, remat: bool):
+  """Blockwise causal attention: each chunk attends to the cache and to itself, then is cached."""
+  cap, d_k = state.keys.shape
+  scale = (1.0 / jnp.sqrt(d_k)) if rule.scale is None else rule.scale
+  window = rule.window
+
+  def body(cache: KVCache, c):
+    qc, kc, vc = c["q"], c["k"], c["v"]
+    n = qc.shape[0]
+    length = cache.length
+    pos_q = length + jnp.arange(n)
+    slots = jnp.arange(cap)
+    pos_cache = length - 1 - jnp.mod(length - 1 - slots, cap)  # token held by each slot
+    valid_cache = (slots < jnp.minimum(length, cap)) & (pos_cache >= 0)
+    keys = jnp.concatenate([cache.keys, kc])
+    vals = jnp.concatenate([cache.values, vc])
+    pos_k = jnp.concatenate([pos_cache, pos_q])
+    valid = jnp.concatenate([valid_cache, jnp.ones((n,), bool)])
+    mask = valid[None, :] & (pos_k[None, :] <= pos_q[:, None])
+    if window is not None:
+      mask &= pos_k[None, :] > pos_q[:, None] - window
+    scores = jnp.where(mask, (qc @ keys.T) * scale, -jnp.inf)
+    ys = jax.nn.softmax(scores, axis=-1) @ vals
+    keep = min(n, cap)  # only the last `cap` tokens of the chunk survive in the ring
+    idx = jnp.mod(length + n - keep + jnp.arange(keep), cap)
+    new = KVCache(
+      cache.keys.at[idx].set(kc[n - keep :]), cache.values.at[idx].set(vc[n - keep :]), length + n
+    )
+    return new, ys
+
+  full, rest = _split({"q": q, "k": k, "v": v}, b, q.shape[0])
+  return _scan_chunks(body, state, full, rest, remat)
