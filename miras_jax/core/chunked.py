@@ -307,9 +307,7 @@ def _minibatch_chunk(rule: Rule, state: MemoryState, c, lag: bool):
   ys_lag = None
   if lag:  # Memora: exact update for the chunk's first token, linear retention for the rest
     first = jax.tree.map(lambda x: x[0], (k, v, g))
-    w_lag = rule.write(
-      state._replace(weights=jax.tree.map(lambda w: jnp.maximum(w, _TINY), state.weights)), *first
-    )
+    w_lag = rule.write(state, *first)
     ys_lag = rule.memory.apply(w_lag.weights, q[:1])
     state = w_lag
     q, k, v, g = jax.tree.map(lambda x: x[1:], (q, k, v, g))
@@ -402,8 +400,7 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
     first = 0
     ys0 = None
     if lag:
-      start = state._replace(weights=jax.tree.map(lambda w: jnp.maximum(w, _TINY), state.weights))
-      state = rule.write(start, kc[0], vc[0], jax.tree.map(lambda x: x[0], gc))
+      state = rule.write(state, kc[0], vc[0], jax.tree.map(lambda x: x[0], gc))
       ys0 = rule.memory.apply(state.weights, qc[:1])
       first = 1
     base = state.weights

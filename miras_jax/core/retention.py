@@ -13,7 +13,7 @@ gate                write                                                  refer
 ``KLSoftmax``       W_t = c · softmax_rows(α_t log W_{t−1} + Δ_t)            Memora, Eq 21/27
 ``ElasticNet``      W_t = S_γ(α_t W_{t−1} + Δ_t)  (or FTRL: A_t as above,    Eq 22–23
                     W_t = S_γ(A_t)); S_γ soft-thresholding or its smooth form
-``BregmanSigmoid``  W_t = σ(logit(W_{t−1}) + Δ_t)                            §5.2, sigmoid mirror map
+``BregmanSigmoid``  Z_t = Z_{t−1} + Δ_t, W_t = σ(Z_t) (Z = logit W)       §5.2, sigmoid mirror map
 =================== ====================================================== =========================
 
 α_t is ``gates.retention`` (``[T]`` scalar per token, or ``[T, d_k]`` on the key axis: ``W diag(α)``)
@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.core.gates import Gates
+
+_TINY = 1e-30  # floor of W before log W (Memora)
 
 
 def scale_by_retention(tree, g: Gates, *, required: bool = True):
@@ -169,7 +171,9 @@ class KLSoftmax:
     return weights, None
 
   def write(self, weights, accum, step, g):
-    logits = jax.tree.map(jnp.add, scale_by_retention(jax.tree.map(jnp.log, weights), g), step)
+    # log W is floored at log(1e-30): a weight that underflowed to 0 must not give 0 · log 0 = NaN.
+    log_w = jax.tree.map(lambda w: jnp.log(jnp.maximum(w, _TINY)), weights)
+    logits = jax.tree.map(jnp.add, scale_by_retention(log_w, g), step)
     return jax.tree.map(lambda z: self.c * jax.nn.softmax(z, axis=-1), logits), None
 
 
@@ -225,19 +229,21 @@ class ElasticNet:
 class BregmanSigmoid:
   """Bregman retention with the logit mirror map (MIRAS §5.2): W_t = σ(logit(W_{t−1}) + Δ_t).
 
-  Keeps every weight in (0, 1); needs initial weights in (0, 1).
+  Keeps every weight in (0, 1); needs initial weights in (0, 1). The state keeps the logits
+  Z_t = logit(W_t) in ``accum`` (Z_t = Z_{t−1} + Δ_t, W_t = σ(Z_t)), so that a weight that rounds to
+  0 or 1 in float32 can still move back: recomputing logit(W) from W would give ±∞ there.
   """
 
   name = "bregman_sigmoid"
   gates = ()
-  has_accum = False
+  has_accum = True
 
   def init(self, weights):
-    return weights, None
+    return weights, jax.tree.map(lambda w: jnp.log(w) - jnp.log1p(-w), weights)
 
   def write(self, weights, accum, step, g):
-    logits = jax.tree.map(lambda w, s: jnp.log(w) - jnp.log1p(-w) + s, weights, step)
-    return jax.tree.map(jax.nn.sigmoid, logits), None
+    logits = jax.tree.map(jnp.add, accum, step)
+    return jax.tree.map(jax.nn.sigmoid, logits), logits
 
 
 Retention = NoRetention | Decay | LqNormalization | KLSoftmax | ElasticNet | BregmanSigmoid

@@ -1,0 +1,43 @@
+"""Shared random inputs for the core tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import miras_jax as mj
+
+D = 4
+PARAMETRIC = [n for n in mj.presets.names() if n != "softmax_attention"]
+CHANNEL = {"gla", "rwkv7", "hgrn2", "dfw"}
+
+
+def make_inputs(name, t, seed=0, rule=None, lr=0.3, retention=(0.9, 1.0), dtype=jnp.float32):
+  """Random inputs, gates in their valid ranges and an initial state for preset ``name``."""
+  rng = np.random.default_rng(seed)
+  rule = rule or mj.presets.get(name)
+  n = rule.algorithm.steps if name == "delta_product" else None
+  lead = (t, n) if n else (t,)
+  k = rng.normal(size=(*lead, D))
+  k /= np.linalg.norm(k, axis=-1, keepdims=True)
+  v = rng.normal(size=(*lead, D))
+  q = rng.normal(size=(t, D))
+  gates = mj.Gates(
+    lr=rng.uniform(0.5 * lr, lr, size=lead),
+    retention=rng.uniform(*retention, size=(t, D) if name in CHANNEL else (t,)),
+    retention_value=rng.uniform(*retention, size=(t, D)) if name == "dfw" else None,
+    momentum=rng.uniform(0.0, 0.9, size=(t,)),
+    delta=rng.uniform(0.3, 1.5, size=(t,)),
+  )
+  f32 = lambda x: None if x is None else jnp.asarray(x, dtype)
+  gates = jax.tree.map(f32, gates)
+  if name == "softmax_attention":
+    state = rule.init_state(D, D, capacity=t)
+  elif isinstance(rule.memory, mj.LinearMemory):
+    w0 = np.full((D, D), 1.0 / D) if name == "memora" else 0.1 * rng.normal(size=(D, D))
+    state = rule.init_state(jnp.asarray(w0, dtype))
+  else:
+    w0 = rule.memory.init(jax.random.key(seed), D, D)
+    if name == "memora":
+      w0 = jax.tree.map(lambda w: jax.nn.softmax(w, axis=-1), w0)
+    state = rule.init_state(jax.tree.map(lambda w: w.astype(dtype), w0))
+  return rule, state, f32(q), f32(k), f32(v), gates
