@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import miras_jax as mj
-from miras_jax.core.chunked import exact_form_applies
+from miras_jax.core.chunkwise import exact_form_applies
 from tests.core.inputs import D, make_inputs
 
 EXACT = [

@@ -194,17 +194,22 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
       pre["ev_end"] = jnp.exp(lv[-1] - lv)
     return pre
 
-  def propagate(w0, pre):
-    """Outputs and end state of one chunk from W_0: the only part that runs sequentially."""
-    w = pre["a_v"] - pre["a_k"] @ w0.T if erase is not None else pre["a_v"]  # [b, d_v]
+  def transition(pre):
+    """Chunk-end state as W_b = W_0 ⊙ Γ + U (Hebbian rules: the values w do not depend on W_0)."""
+    gamma = pre["decay_end"] if log_bv is None else pre["decay_end"] * pre["ev"][-1][:, None]
+    w = pre["a_v"] if log_bv is None else pre["a_v"] * pre["ev_end"]
+    return gamma, w.T @ pre["k_end"]
+
+  def read(w0, pre, w):
     direct = pre["qd"] @ w0.T  # [b, d_v]
     if log_bv is None:
-      y = direct + pre["p"] @ w
-      w_end = w0 * pre["decay_end"] + w.T @ pre["k_end"]
-    else:
-      y = pre["ev"] * direct + jnp.einsum("ti,ir,tir->tr", pre["p"], w, pre["pv"])
-      w_end = w0 * pre["decay_end"] * pre["ev"][-1][:, None] + (w * pre["ev_end"]).T @ pre["k_end"]
-    return w_end, y
+      return direct + pre["p"] @ w
+    return pre["ev"] * direct + jnp.einsum("ti,ir,tir->tr", pre["p"], w, pre["pv"])
+
+  def propagate(w0, pre):
+    """Outputs and end state of one chunk from W_0: the only part that runs sequentially."""
+    w = pre["a_v"] - pre["a_k"] @ w0.T  # [b, d_v]
+    return w0 * pre["decay_end"] + w.T @ pre["k_end"], read(w0, pre, w)
 
   xs = {"q": q, "k": k, "v": v, "write": write, "log_a": log_a}
   if erase is not None:
@@ -215,11 +220,29 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
   outs, w = [], state.weights
   if full is not None:
     pre = jax.vmap(prepare)(full)
-    body = jax.checkpoint(propagate) if remat else propagate
-    w, ys = jax.lax.scan(body, w, pre)
+    if erase is None:
+      # Hebbian: chunk states follow W_n = W_{n−1} ⊙ Γ_n + U_n, a first-order linear recurrence,
+      # solved for all chunks at once by a parallel prefix (associative) scan.
+      gamma, upd = jax.vmap(transition)(pre)
+      gamma = jnp.broadcast_to(
+        gamma.reshape(gamma.shape[0], *(1,) * (3 - gamma.ndim), *gamma.shape[1:]), upd.shape
+      )
+      combine = lambda a, b: (a[0] * b[0], a[1] * b[0] + b[1])
+      _, ends = jax.lax.associative_scan(combine, (gamma, upd.at[0].add(w * gamma[0])))
+      starts = jnp.concatenate([w[None], ends[:-1]])
+      ys = jax.vmap(lambda w0, p: read(w0, p, p["a_v"]))(starts, pre)
+      w = ends[-1]
+    else:
+      body = jax.checkpoint(propagate) if remat else propagate
+      w, ys = jax.lax.scan(body, w, pre)
     outs.append(ys.reshape(-1, ys.shape[-1]))
   if rest is not None:
-    w, ys = propagate(w, prepare(rest))
+    pre = prepare(rest)
+    if erase is None:
+      gamma, upd = transition(pre)
+      w, ys = w * gamma + upd, read(w, pre, pre["a_v"])
+    else:
+      w, ys = propagate(w, pre)
     outs.append(ys)
   ys = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
   if n > 1:
