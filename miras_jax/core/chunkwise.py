@@ -142,6 +142,22 @@ def _decay_gram(x, y, lx, ly, strict: bool):
   return jnp.where(mask, jnp.einsum("tc,ic,tic->ti", x, y, jnp.exp(diff)), 0.0)
 
 
+def unit_lower_inverse(m: jax.Array) -> jax.Array:
+  """Inverse of a unit lower-triangular ``[n, n]`` matrix by recursive 2×2 blocks, matmuls only.
+
+  [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]; about n³/2 flops, no LAPACK call (XLA's CPU
+  triangular solve deadlocked here under a large vmap, and matmuls suit TPUs and GPUs better).
+  """
+  n = m.shape[-1]
+  if n == 1:
+    return jnp.ones_like(m)
+  h = n // 2
+  a_inv, d_inv = unit_lower_inverse(m[:h, :h]), unit_lower_inverse(m[h:, h:])
+  lower = -(d_inv @ m[h:, :h]) @ a_inv
+  top = jnp.concatenate([a_inv, jnp.zeros((h, n - h), m.dtype)], axis=1)
+  return jnp.concatenate([top, jnp.concatenate([lower, d_inv], axis=1)], axis=0)
+
+
 def _exact_inputs(rule: Rule, q, k, v, g: Gates):
   """Per-token quantities of the diagonal-plus-rank-one form: (q, k, v, ω, ε, log α, log β_v)."""
   t = q.shape[0]
@@ -182,7 +198,7 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
       m = _decay_gram(c["k"], c["k"], le, l, strict=True)
       tri = jnp.eye(m.shape[0], dtype=m.dtype) + c["erase"][:, None] * m
       rhs = jnp.concatenate([a_v, c["erase"][:, None] * jnp.exp(expand(le)) * c["k"]], axis=1)
-      sol = jax.scipy.linalg.solve_triangular(tri, rhs, lower=True, unit_diagonal=True)
+      sol = unit_lower_inverse(tri) @ rhs
       pre["a_v"], pre["a_k"] = sol[:, : a_v.shape[1]], sol[:, a_v.shape[1] :]
     if log_bv is not None:  # value-channel decay (DFW): a [b, b, d_v] factor on P
       lv = jnp.cumsum(c["log_bv"], axis=0)

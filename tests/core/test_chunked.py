@@ -188,3 +188,13 @@ def test_bad_chunk_arguments():
     mj.chunked(
       elastic, elastic.init_state(jnp.zeros((D, D))), q, k, v, mj.Gates(lr=g.lr), chunk_size=4
     )
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 64])
+def test_unit_lower_inverse(n):
+  from miras_jax.core.chunkwise import unit_lower_inverse
+
+  rng = np.random.default_rng(n)
+  m = np.eye(n) + np.tril(rng.normal(size=(n, n)) * 0.3, -1)
+  got = np.asarray(unit_lower_inverse(jnp.asarray(m, jnp.float32)))
+  np.testing.assert_allclose(got, np.linalg.inv(m), rtol=1e-4, atol=1e-5)
