@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format contract clean
+.PHONY: install test test-slow lint format contract bench bench-peer clean
 
 install: $(STAMP)
 
@@ -27,6 +27,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m experiments.bench_memory --suite=default
+
+# The peer comparison of docs/benchmarks.md: installs torch 2.13 (CPU) and titans-pytorch into .venv
+# (never a test dependency) and runs both sides with the same glibc malloc setting.
+PEER_MALLOC := MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
+bench-peer: $(STAMP)
+	$(BIN)/pip install --quiet torch==2.13.0 titans-pytorch
+	$(PEER_MALLOC) $(BIN)/python -m experiments.bench_peer_titans_pytorch
 
 contract: $(STAMP)
 	$(BIN)/python ../shared/tools/contract_check.py

@@ -101,7 +101,18 @@ def _scan_chunks(body, carry, full, rest, remat: bool):
   return jnp.concatenate(outs) if len(outs) > 1 else outs[0], carry
 
 
-def chunked(rule, state, q, k, v, gates: Gates, *, chunk_size: int = 64, remat: bool = True):
+def chunked(
+  rule,
+  state,
+  q,
+  k,
+  v,
+  gates: Gates,
+  *,
+  chunk_size: int = 64,
+  remat: bool = True,
+  write: str = "token",
+):
   """Chunked form of ``rule``: exact for rules linear in the state, mini-batch semantics otherwise.
 
   Args:
@@ -109,16 +120,25 @@ def chunked(rule, state, q, k, v, gates: Gates, *, chunk_size: int = 64, remat: 
     chunk_size: b, the tokens per chunk (mini-batch forms: the gradient base point is frozen per
       chunk). Chunks are counted from the start of the call; T need not be a multiple of b.
     remat: wrap each chunk in ``jax.checkpoint`` (activation memory grows with T/b).
+    write: ``"token"`` (the papers: one write per token, above) or ``"chunk"``: one aggregated write
+      per chunk (titans-pytorch's semantics; decay or no retention, GD or momentum):
+      S_n = (Π_i μ_i) S_{n−1} − Σ_i η_i ∇ℓ(W_{n−1}; k_i, v_i), W_n = (Π_i α_i) W_{n−1} + S_n over the
+      chunk's tokens i, and each token reads the latest chunk-end state at or before it (the
+      chunk's last token reads W_n, the others W_{n−1}). Cheaper: no in-chunk coefficient matrix.
 
   Returns:
     ``(ys, state)`` as ``recurrent``: ``ys: [T, d_v]`` and the state after the last token.
   """
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  if write not in ("token", "chunk"):
+    raise ValueError(f"write must be 'token' or 'chunk'; got {write!r}")
   rule.check(state, q, k, v, gates)
   if isinstance(rule, SoftmaxAttention):
     return _attention_chunked(rule, state, q, k, v, chunk_size, remat)
   gates = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
+  if write == "chunk":
+    return _per_chunk(rule, state, q, k, v, gates, chunk_size, remat)
   if exact_form_applies(rule):
     return _exact(rule, state, q, k, v, gates, chunk_size, remat)
   return _minibatch(rule, state, q, k, v, gates, chunk_size, remat)
@@ -414,6 +434,37 @@ def _minibatch(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
   lag = isinstance(rule.retention, ret.KLSoftmax)
   full, rest = _split({"q": q, "k": k, "v": v, "g": g}, b, q.shape[0])
   return _scan_chunks(lambda s, c: _minibatch_chunk(rule, s, c, lag), state, full, rest, remat)
+
+
+def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
+  """One aggregated write per chunk (``write="chunk"`` in ``chunked``)."""
+  _check_minibatch(rule, g)
+  if not isinstance(rule.retention, (ret.Decay, ret.NoRetention)):
+    raise ValueError(f"{rule.name}: write='chunk' supports decay or no retention only")
+  if g.lr is None:
+    g = g._replace(lr=jnp.full(q.shape[:1], rule.lr_default, q.dtype))
+  momentum = rule.algorithm.has_momentum
+
+  def body(state: MemoryState, c):
+    q, k, v, g = c["q"], c["k"], c["v"], c["g"]
+    base = state.weights
+    xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base, kk, vv, dd))(
+      k, v, g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
+    )
+    step = [-(gs[l] * g.lr[:, None]).T @ xs[l] for l in range(len(xs))]  # −Σ_i η_i g_i x_iᵀ
+    new = state
+    if momentum:
+      mu = jnp.exp(jnp.sum(_log(g.momentum)))
+      step = [mu * s + u for s, u in zip(_leaves(state.momentum), step, strict=True)]
+      new = new._replace(momentum=_rebuild(state.momentum, step))
+    alpha = jnp.exp(jnp.sum(_log(g.retention))) if g.retention is not None else 1.0
+    w = _rebuild(base, [alpha * w + u for w, u in zip(_leaves(base), step, strict=True)])
+    new = new._replace(weights=w)
+    ys = jnp.concatenate([rule.memory.apply(base, q[:-1]), rule.memory.apply(w, q[-1:])])
+    return new, ys
+
+  full, rest = _split({"q": q, "k": k, "v": v, "g": g}, b, q.shape[0])
+  return _scan_chunks(body, state, full, rest, remat)
 
 
 # ================================================================================================

@@ -198,3 +198,36 @@ def test_unit_lower_inverse(n):
   m = np.eye(n) + np.tril(rng.normal(size=(n, n)) * 0.3, -1)
   got = np.asarray(unit_lower_inverse(jnp.asarray(m, jnp.float32)))
   np.testing.assert_allclose(got, np.linalg.inv(m), rtol=1e-4, atol=1e-5)
+
+
+def _numpy_per_chunk_titans(w0, q, k, v, g, b):
+  """One aggregated write per chunk for a linear Titans memory, from the docstring's equations."""
+  w, s, ys = np.array(w0, np.float64), np.zeros_like(w0, np.float64), []
+  for start in range(0, len(q), b):
+    sl = slice(start, start + b)
+    kc, vc, qc = (np.asarray(x[sl], np.float64) for x in (k, v, q))
+    lr, mu, al = (np.asarray(x[sl], np.float64) for x in (g.lr, g.momentum, g.retention))
+    grad = sum(lr[i] * np.outer(w @ kc[i] - vc[i], kc[i]) for i in range(len(kc)))
+    s = np.prod(mu) * s - grad
+    w_new = np.prod(al) * w + s
+    ys += [w @ x for x in qc[:-1]] + [w_new @ qc[-1]]
+    w = w_new
+  return np.array(ys), w, s
+
+
+def test_per_chunk_write_matches_numpy_and_is_recurrent_at_chunk_one():
+  rule = mj.presets.get("titans_lmm", memory="linear")
+  rule, state, q, k, v, g = make_inputs("titans_lmm", T, rule=rule)
+  for b in (4, 5):
+    ys, st = mj.chunked(rule, state, q, k, v, g, chunk_size=b, write="chunk")
+    want_y, want_w, want_s = _numpy_per_chunk_titans(state.weights, q, k, v, g, b)
+    assert rel_err(ys, want_y) <= 1e-5
+    assert rel_err(st.weights, want_w) <= 1e-5
+    assert rel_err(st.momentum, want_s) <= 1e-5
+  deep, state, q, k, v, g = make_inputs("titans_lmm", T)
+  ys, st = mj.chunked(deep, state, q, k, v, g, chunk_size=1, write="chunk")
+  want, want_st = mj.recurrent(deep, state, q, k, v, g)
+  assert rel_err(ys, want) <= 1e-5
+  assert_trees_rel_close(st, want_st, 1e-5)
+  with pytest.raises(ValueError, match="write"):
+    mj.chunked(deep, state, q, k, v, g, chunk_size=4, write="sometimes")
