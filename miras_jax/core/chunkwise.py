@@ -162,17 +162,25 @@ def _decay_gram(x, y, lx, ly, strict: bool):
   return jnp.where(mask, jnp.einsum("tc,ic,tic->ti", x, y, jnp.exp(diff)), 0.0)
 
 
-def unit_lower_inverse(m: jax.Array) -> jax.Array:
-  """Inverse of a unit lower-triangular ``[n, n]`` matrix by recursive 2×2 blocks, matmuls only.
+def unit_lower_inverse(m: jax.Array, base: int = 16) -> jax.Array:
+  """Inverse of a unit lower-triangular ``[n, n]`` matrix with matmuls only (no LAPACK call).
 
-  [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]; about n³/2 flops, no LAPACK call (XLA's CPU
-  triangular solve deadlocked here under a large vmap, and matmuls suit TPUs and GPUs better).
+  Blocks of at most ``base`` rows use the nilpotent product (I + N)⁻¹ = Π_j (I + (−N)^{2^j}) (N is
+  strictly lower triangular, so N^n = 0); larger matrices recurse on 2×2 blocks,
+  [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]. (XLA's CPU triangular solve deadlocked here
+  under a large vmap, and few larger matmuls suit TPUs, GPUs and CPUs better than a substitution.)
   """
   n = m.shape[-1]
-  if n == 1:
-    return jnp.ones_like(m)
+  if n <= base:
+    neg = jnp.eye(n, dtype=m.dtype) - m  # −N
+    inv, power, span = jnp.eye(n, dtype=m.dtype) + neg, neg, 2
+    while span < n:
+      power = power @ power
+      inv = inv + inv @ power
+      span *= 2
+    return inv
   h = n // 2
-  a_inv, d_inv = unit_lower_inverse(m[:h, :h]), unit_lower_inverse(m[h:, h:])
+  a_inv, d_inv = unit_lower_inverse(m[:h, :h], base), unit_lower_inverse(m[h:, h:], base)
   lower = -(d_inv @ m[h:, :h]) @ a_inv
   top = jnp.concatenate([a_inv, jnp.zeros((h, n - h), m.dtype)], axis=1)
   return jnp.concatenate([top, jnp.concatenate([lower, d_inv], axis=1)], axis=0)
