@@ -26,7 +26,6 @@ so ``gflops`` understates the work slightly). Per chunk of b tokens, head dim D 
 from __future__ import annotations
 
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ import numpy as np
 from absl import app, flags
 
 import miras_jax as mj
-from miras_jax.core.chunkwise import exact_form_applies
+from experiments.benchlib import flops_per_token, peak_gflops, time_fn
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -51,33 +50,6 @@ flags.DEFINE_integer("seq", 4096, "Sequence length T.")
 flags.DEFINE_integer("chunk", 64, "Chunk size b.")
 flags.DEFINE_enum("mode", "fwd", ["fwd", "fwdbwd", "serial"], "What to time.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions (the median is reported).")
-
-
-def _layers(rule, d):
-  """(n_in, n_out) of every weight matrix of the rule's memory."""
-  if isinstance(rule.memory, mj.LinearMemory):
-    return [(d, d)]
-  h = rule.memory.expansion * d
-  sizes = [d] + [h] * (rule.memory.depth - 1) + [d]
-  return list(zip(sizes[:-1], sizes[1:], strict=True))
-
-
-def flops_per_token(rule, d, b, mode):
-  """Analytic FLOPs per token (see the module docstring)."""
-  layers = _layers(rule, d)
-  momentum = rule.algorithm.has_momentum
-  if mode == "serial":
-    per = sum((10 + 2 * momentum) * i * o for i, o in layers)
-    return per
-  if exact_form_applies(rule):
-    fwd = (8 * b * b * d + 6 * b * d * d) / b
-  else:
-    per_chunk = 0
-    for i, o in layers:
-      per_chunk += (2 + 2 + 2 + 2 * momentum + 2 + 2 * momentum) * b * i * o
-      per_chunk += 2 * b * b * i + 2 * b * b * o
-    fwd = per_chunk / b
-  return fwd * (3 if mode == "fwdbwd" else 1)
 
 
 MEMORY_OPTION = ("ttt_linear", "ttt_mlp", "titans_lmm", "moneta", "yaad", "memora")
@@ -130,27 +102,10 @@ def build(rule, mode, chunk):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
 
 
-def _time(fn, args, repeats):
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def peak_gflops(n=2048, repeats=5):
-  """Measured float32 matmul rate of a jitted n×n×n product (the ceiling of a compute-bound kernel)."""
-  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-  fn = jax.jit(jnp.dot)
-  return 2 * n**3 / _time(fn, (a, a), repeats) / 1e9
-
-
 def run_one(preset, memory, batch, heads, d, t, chunk, mode, repeats, peak):
   rule, *args = make_case(preset, memory, batch, heads, d, t)
   fn = build(rule, mode, chunk)
-  seconds = _time(fn, args, repeats)
+  seconds = time_fn(fn, args, repeats)
   tokens = batch * heads * t
   fpt = flops_per_token(rule, d, chunk, mode)
   return {

@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 
 import miras_jax as mj
-from experiments.bench_memory import flops_per_token, peak_gflops
+from experiments.benchlib import flops_per_token, peak_gflops, time_fn
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 5, "Timed steps per side (the median is reported).")
@@ -96,14 +96,7 @@ def jax_step(heads, chunk, write):
 
 
 def time_jax(x, params, write):
-  fn = jax_step(FLAGS.heads, FLAGS.chunk, write)
-  jax.block_until_ready(fn(params, x))
-  times = []
-  for _ in range(FLAGS.steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(params, x))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return time_fn(jax_step(FLAGS.heads, FLAGS.chunk, write), (params, x), FLAGS.steps)
 
 
 def time_peer(x_np):
