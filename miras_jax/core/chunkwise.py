@@ -20,9 +20,10 @@ system (the WY/UT representation of Yang et al.'s DeltaNet and Gated DeltaNet ch
 and then ``Y = (e^{L} ⊙ Q) W_0ᵀ + P w`` with P_ti = Σ_c q_tc k_ic e^{L_tc − L_ic} (i ≤ t), and
 ``W_b = W_0 diag(e^{L_b}) + wᵀ (e^{L_b − L} ⊙ K)``. Scalar decays make M and P plain matmuls;
 key-channel decays (GLA, RWKV-7, HGRN2, DFW) form them from a [b, b, d_k] tensor so that every
-exponent is ≤ 0 (no division by small cumulative products). Everything but the three matmuls that
-involve W_0 is computed for all chunks at once. DeltaProduct runs as Gated DeltaNet on its T·n
-sub-steps. Output equals ``recurrent`` at every chunk size up to float32 round-off.
+exponent is ≤ 0 (no division by small cumulative products). The triangular inverse is built from
+matmuls (``unit_lower_inverse``). For the delta rules a ``lax.scan`` carries W from chunk to chunk;
+for the Hebbian rules (ε = 0) the chunk states obey W_n = W_{n−1} ⊙ Γ_n + U_n and come from one
+``lax.associative_scan`` over chunks. DeltaProduct runs as Gated DeltaNet on its T·n sub-steps. Output equals ``recurrent`` at every chunk size up to float32 round-off.
 
 **Mini-batch forms** (everything else: TTT, Titans LMM, Moneta, Yaad, Memora, any MLP memory; Titans
 Eq 16–18, MIRAS Eq 28–32). Inside a chunk every token's gradient is taken at the state the previous
@@ -251,7 +252,7 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
     return pre["ev"] * direct + jnp.einsum("ti,ir,tir->tr", pre["p"], w, pre["pv"])
 
   def propagate(w0, pre):
-    """Outputs and end state of one chunk from W_0: the only part that runs sequentially."""
+    """End state and outputs of one chunk of a delta rule from its initial state W_0."""
     w = pre["a_v"] - pre["a_k"] @ w0.T  # [b, d_v]
     return w0 * pre["decay_end"] + w.T @ pre["k_end"], read(w0, pre, w)
 
@@ -263,10 +264,10 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
   full, rest = _split(xs, b * n, q.shape[0])
   outs, w = [], state.weights
   if full is not None:
-    pre = jax.vmap(prepare)(full)
     if erase is None:
       # Hebbian: chunk states follow W_n = W_{n−1} ⊙ Γ_n + U_n, a first-order linear recurrence,
       # solved for all chunks at once by a parallel prefix (associative) scan.
+      pre = jax.vmap(prepare)(full)
       gamma, upd = jax.vmap(transition)(pre)
       gamma = jnp.broadcast_to(
         gamma.reshape(gamma.shape[0], *(1,) * (3 - gamma.ndim), *gamma.shape[1:]), upd.shape
@@ -277,8 +278,10 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
       ys = jax.vmap(lambda w0, p: read(w0, p, p["a_v"]))(starts, pre)
       w = ends[-1]
     else:
-      body = jax.checkpoint(propagate) if remat else propagate
-      w, ys = jax.lax.scan(body, w, pre)
+      # Each chunk is prepared inside the scan step: on CPU this keeps the working set in cache
+      # and measured 1.5–2× faster than preparing every chunk up front.
+      body = lambda w0, c: propagate(w0, prepare(c))
+      w, ys = jax.lax.scan(jax.checkpoint(body) if remat else body, w, full)
     outs.append(ys.reshape(-1, ys.shape[-1]))
   if rest is not None:
     pre = prepare(rest)
