@@ -10,41 +10,8 @@ Example::
 """
 
 from miras_jax import core
-from miras_jax.core import (
-  Gates,
-  KVCache,
-  LinearMemory,
-  MemoryState,
-  MLPMemory,
-  Rule,
-  SoftmaxAttention,
-  algorithms,
-  biases,
-  chunk_reference,
-  chunked,
-  presets,
-  recurrent,
-  retention,
-  softmax_attention,
-)
+from miras_jax.core import *  # noqa: F403  (the core's public names: Gates, presets, recurrent, …)
 
 __version__ = "0.1.0"
 
-__all__ = [
-  "Gates",
-  "KVCache",
-  "LinearMemory",
-  "MLPMemory",
-  "MemoryState",
-  "Rule",
-  "SoftmaxAttention",
-  "algorithms",
-  "biases",
-  "chunk_reference",
-  "chunked",
-  "core",
-  "presets",
-  "recurrent",
-  "retention",
-  "softmax_attention",
-]
+__all__ = ["core", *core.__all__]
