@@ -45,6 +45,19 @@ def softmax_attention(q, k, v, *, window: int | None = None, scale: float | None
   return jax.nn.softmax(scores, axis=-1) @ v
 
 
+def ring_slots(length: jax.Array, capacity: int):
+  """Ring buffer after ``length`` writes: the position each slot holds ``[C]`` and whether it is valid."""
+  slots = jnp.arange(capacity)
+  held = length - 1 - jnp.mod(length - 1 - slots, capacity)
+  return held, (slots < jnp.minimum(length, capacity)) & (held >= 0)
+
+
+def ring_write(length: jax.Array, n: int, capacity: int):
+  """Where ``n`` new entries go: (slot indices of the last ``keep`` of them, ``keep`` = min(n, C))."""
+  keep = min(n, capacity)
+  return jnp.mod(length + n - keep + jnp.arange(keep), capacity), keep
+
+
 class KVCache(NamedTuple):
   """Ring-buffer state of ``SoftmaxAttention``: ``keys: [C, d_k]``, ``values: [C, d_v]``, and the
   number of tokens written so far ``length`` (int32 scalar)."""

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from miras_jax.core import algorithms as algos
 from miras_jax.core import biases
 from miras_jax.core import retention as ret
-from miras_jax.core.attention import KVCache, SoftmaxAttention
+from miras_jax.core.attention import KVCache, SoftmaxAttention, ring_slots, ring_write
 from miras_jax.core.gates import Gates
 from miras_jax.core.memory import LinearMemory
 from miras_jax.core.rule import MemoryState, Rule
@@ -557,9 +557,7 @@ def _attention_chunked(rule: SoftmaxAttention, state: KVCache, q, k, v, b: int, 
     n = qc.shape[0]
     length = cache.length
     pos_q = length + jnp.arange(n)
-    slots = jnp.arange(cap)
-    pos_cache = length - 1 - jnp.mod(length - 1 - slots, cap)  # token held by each slot
-    valid_cache = (slots < jnp.minimum(length, cap)) & (pos_cache >= 0)
+    pos_cache, valid_cache = ring_slots(length, cap)
     keys = jnp.concatenate([cache.keys, kc])
     vals = jnp.concatenate([cache.values, vc])
     pos_k = jnp.concatenate([pos_cache, pos_q])
@@ -569,8 +567,7 @@ def _attention_chunked(rule: SoftmaxAttention, state: KVCache, q, k, v, b: int, 
       mask &= pos_k[None, :] > pos_q[:, None] - window
     scores = jnp.where(mask, (qc @ keys.T) * scale, -jnp.inf)
     ys = jax.nn.softmax(scores, axis=-1) @ vals
-    keep = min(n, cap)  # only the last `cap` tokens of the chunk survive in the ring
-    idx = jnp.mod(length + n - keep + jnp.arange(keep), cap)
+    idx, keep = ring_write(length, n, cap)  # only the last `cap` tokens survive in the ring
     new = KVCache(
       cache.keys.at[idx].set(kc[n - keep :]), cache.values.at[idx].set(vc[n - keep :]), length + n
     )
