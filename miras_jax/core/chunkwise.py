@@ -348,18 +348,26 @@ def _token_factors(rule: Rule, base, k, v, delta):
   return inputs, signals
 
 
-def _coefficients(g: Gates, momentum: bool):
-  """Decay/momentum coefficients of one chunk: a [b], b_s [b] (None), C [b, b], S-row [b] (None)."""
-  b = g.lr.shape[0]
+def _coefficients(g: Gates, m: jax.Array, momentum: bool):
+  """Decay/momentum coefficients of one chunk whose tokens with ``m = 0`` are no-ops.
+
+  With W_t = α_t W_{t−1} + m_t S_t and S_t = μ_t S_{t−1} − η_t m_t ∇_t (α = μ = 1 where m = 0), or
+  W_t = α_t W_{t−1} − η_t m_t ∇_t without momentum: W_t = a_t W_0 + b_t S_0 − Σ_i C_ti ∇_i and
+  S_b = m_b S_0 − Σ_i s_i ∇_i. Returns a [b], b_s [b] (None), C [b, b], s [b] (None).
+  """
+  b = m.shape[0]
   mask = jnp.tril(jnp.ones((b, b), bool))
-  la = jnp.cumsum(_log(g.retention)) if g.retention is not None else jnp.zeros((b,), g.lr.dtype)
+  lr = g.lr * m
+  ones = jnp.ones((b,), lr.dtype)
+  alpha = jnp.where(m > 0, g.retention, 1.0) if g.retention is not None else ones
+  la = jnp.cumsum(_log(alpha))
   dec = jnp.where(mask, jnp.exp(jnp.where(mask, la[:, None] - la[None, :], 0.0)), 0.0)  # D^α
   if not momentum:
-    return jnp.exp(la), None, dec * g.lr[None, :], None
-  lm = jnp.cumsum(_log(g.momentum))
+    return jnp.exp(la), None, dec * lr[None, :], None
+  lm = jnp.cumsum(_log(jnp.where(m > 0, g.momentum, 1.0)))
   mom = jnp.where(mask, jnp.exp(jnp.where(mask, lm[:, None] - lm[None, :], 0.0)), 0.0)  # D^μ
-  mom_lr = mom * g.lr[None, :]
-  return jnp.exp(la), dec @ jnp.exp(lm), dec @ mom_lr, mom_lr[-1]
+  mom_lr = mom * lr[None, :]
+  return jnp.exp(la), dec @ (m * jnp.exp(lm)), dec @ (m[:, None] * mom_lr), mom_lr[-1]
 
 
 def _leaves(tree):
@@ -370,26 +378,31 @@ def _rebuild(like, leaves):
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-def _minibatch_chunk(rule: Rule, state: MemoryState, c, lag: bool):
-  """One chunk of the mini-batch form; ``c`` holds q, k, v and the gates of the chunk's tokens."""
-  q, k, v, g = c["q"], c["k"], c["v"], c["g"]
+def _tree_where(cond, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _boundary(state: MemoryState) -> MemoryState:
+  """The part of a state that serves as a chunk's gradient base point (W, and A for ℓq)."""
+  return MemoryState(state.weights, state.accum)
+
+
+def _inv_norm(a, q):
+  """1 / ‖A‖_q^{q−2} (1 when A = 0), the ℓq retention's read scale."""
+  if q == 2.0:
+    return jnp.ones((), a.dtype)
+  nq = jnp.sum(jnp.abs(a) ** q)
+  return jnp.where(nq > 0, 1.0 / jnp.where(nq > 0, nq, 1.0) ** ((q - 2.0) / q), 1.0)
+
+
+def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v, g, m):
+  """Tokens of one chunk (``m = 0``: no-op) from ``state``, gradients at ``base`` (dual form)."""
   lq = isinstance(rule.retention, ret.LqNormalization)
-  ys_lag = None
-  if lag:  # Memora: exact update for the chunk's first token, linear retention for the rest
-    first = jax.tree.map(lambda x: x[0], (k, v, g))
-    w_lag = rule.write(state, *first)
-    ys_lag = rule.memory.apply(w_lag.weights, q[:1])
-    state = w_lag
-    q, k, v, g = jax.tree.map(lambda x: x[1:], (q, k, v, g))
-    if q.shape[0] == 0:
-      return state, ys_lag
-  base = state.weights
-  xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base, kk, vv, dd))(
-    k, v, g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
-  )
+  delta = g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
+  xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base.weights, kk, vv, dd))(k, v, delta)
   momentum = rule.algorithm.has_momentum
-  a, b_s, coef, s_row = _coefficients(g, momentum)
-  start = _leaves(state.accum if lq else state.weights)  # W_0 (A_0 for the ℓq retention)
+  a, b_s, coef, s_row = _coefficients(g, m, momentum)
+  start = _leaves(state.accum if lq else state.weights)  # W (A for the ℓq retention) now
   s0 = _leaves(state.momentum) if momentum else None
 
   def write_sum(l, row):  # Σ_i row_i g_i x_iᵀ for layer l: [n_out, n_in]
@@ -401,22 +414,19 @@ def _minibatch_chunk(rule: Rule, state: MemoryState, c, lag: bool):
   ]
   if lq:
     accum = _rebuild(state.accum, ends)
-    new_w, _ = rule.retention.init(accum)
-    # Reads use the previous boundary's normaliser, except the last token's (the new boundary).
+    new = state._replace(weights=rule.retention.init(accum)[0], accum=accum)
+    # Reads use the last boundary's normaliser, except at the chunk's last slot (a new boundary).
+    last = jnp.arange(q.shape[0]) == q.shape[0] - 1
     inv = [
-      jnp.where(
-        jnp.arange(q.shape[0]) == q.shape[0] - 1,
-        _inv_norm(e, rule.retention.q),
-        _inv_norm(w, rule.retention.q),
-      )
-      for w, e in zip(start, ends, strict=True)
+      jnp.where(last, _inv_norm(e, rule.retention.q), _inv_norm(w, rule.retention.q))
+      for w, e in zip(_leaves(base.accum), ends, strict=True)
     ]
-    new_state = MemoryState(new_w, accum, None)
   else:
-    new_state = MemoryState(_rebuild(state.weights, ends), None, None)
+    new = state._replace(weights=_rebuild(state.weights, ends))
   if momentum:
-    s_end = [jnp.exp(jnp.sum(_log(g.momentum))) * s - write_sum(l, s_row) for l, s in enumerate(s0)]
-    new_state = new_state._replace(momentum=_rebuild(state.momentum, s_end))
+    mu_all = jnp.exp(jnp.sum(_log(jnp.where(m > 0, g.momentum, 1.0))))
+    s_end = [mu_all * s - write_sum(l, s_row) for l, s in enumerate(s0)]
+    new = new._replace(momentum=_rebuild(state.momentum, s_end))
 
   def dual(l, w, h):  # W_t h for every token t of the chunk at once: h [b, n_in] → [b, n_out]
     out = a[:, None] * (h @ start[l].T) - (coef * (h @ xs[l].T)) @ gs[l]
@@ -424,27 +434,65 @@ def _minibatch_chunk(rule: Rule, state: MemoryState, c, lag: bool):
       out = out + b_s[:, None] * (h @ s0[l].T)
     return out * inv[l][:, None] if lq else out
 
-  ys = rule.memory.apply(start, q, linear=dual)
-  if ys_lag is not None:
-    ys = jnp.concatenate([ys_lag, ys])
-  return new_state, ys
+  return new, rule.memory.apply(start, q, linear=dual)
 
 
-def _inv_norm(a, q):
-  """1 / ‖A‖_q^{q−2} (1 when A = 0), the ℓq retention's read scale."""
-  if q == 2.0:
-    return jnp.ones((), a.dtype)
-  nq = jnp.sum(jnp.abs(a) ** q)
-  return jnp.where(nq > 0, 1.0 / jnp.where(nq > 0, nq, 1.0) ** ((q - 2.0) / q), 1.0)
+def _minibatch_chunk(rule: Rule, carry, c):
+  """One chunk: carry = (state, base for this chunk, base of the last chunk with real tokens)."""
+  state, base, last_base = carry
+  q, k, v, g, m = c["q"], c["k"], c["v"], c["g"], c["m"]
+  if isinstance(rule.retention, ret.KLSoftmax):  # Memora's lag token: the exact update
+    lag = m[0] > 0
+    cand = rule.write(state, k[0], v[0], jax.tree.map(lambda x: x[0], g))
+    state = _tree_where(lag, cand, state)
+    base = _tree_where(lag, _boundary(cand), base)
+    y0 = rule.memory.apply(state.weights, q[:1])
+    if q.shape[0] == 1:
+      return (state, _boundary(state), _tree_where(lag, base, last_base)), y0
+    state, ys = _minibatch_inner(rule, state, base, *jax.tree.map(lambda x: x[1:], (q, k, v, g, m)))
+    ys = jnp.concatenate([y0, ys])
+  else:
+    state, ys = _minibatch_inner(rule, state, base, q, k, v, g, m)
+  last_base = _tree_where(jnp.any(m > 0), base, last_base)
+  return (state, _boundary(state), last_base), ys
+
+
+def _phase_and_base(state: MemoryState):
+  """(phase, base, static_zero): where the previous call left the chunk grid."""
+  if state.chunk_phase is None:
+    return jnp.zeros((), jnp.int32), _boundary(state), True
+  phase = jnp.asarray(state.chunk_phase, jnp.int32)
+  base = _tree_where(phase > 0, state.chunk_base, _boundary(state))
+  return phase, base, False
+
+
+def _place(tree, phase, length):
+  """Puts the T tokens of every leaf at [phase, phase + T) of a zero buffer of ``length`` slots."""
+
+  def one(x):
+    buf = jnp.zeros((length, *x.shape[1:]), x.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(buf, x, phase, axis=0)
+
+  return jax.tree.map(one, tree)
 
 
 def _minibatch(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
   _check_minibatch(rule, g)
+  t = q.shape[0]
   if g.lr is None:
-    g = g._replace(lr=jnp.full(q.shape[:1], rule.lr_default, q.dtype))
-  lag = isinstance(rule.retention, ret.KLSoftmax)
-  full, rest = _split({"q": q, "k": k, "v": v, "g": g}, b, q.shape[0])
-  return _scan_chunks(lambda s, c: _minibatch_chunk(rule, s, c, lag), state, full, rest, remat)
+    g = g._replace(lr=jnp.full((t,), rule.lr_default, q.dtype))
+  phase, base, fresh = _phase_and_base(state)
+  core = state._replace(chunk_base=None, chunk_phase=None)
+  n = -(-t // b) if fresh else -(-(t + b - 1) // b)  # chunks covering [phase, phase + T)
+  xs = _place({"q": q, "k": k, "v": v, "g": g, "m": jnp.ones((t,), q.dtype)}, phase, n * b)
+  xs = jax.tree.map(lambda x: x.reshape(n, b, *x.shape[1:]), xs)
+  body = lambda carry, c: _minibatch_chunk(rule, carry, c)
+  body = jax.checkpoint(body) if remat else body
+  (final, _, last_base), ys = jax.lax.scan(body, (core, base, base), xs)
+  ys = jax.lax.dynamic_slice_in_dim(ys.reshape(n * b, -1), phase, t, axis=0)
+  end = (phase + t) % b
+  chunk_base = _tree_where(end == 0, _boundary(final), last_base)
+  return ys, final._replace(chunk_base=chunk_base, chunk_phase=end)
 
 
 def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
@@ -484,63 +532,56 @@ def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
 def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, chunk_size: int):
   """Token-serial mini-batch semantics: the gradient base point is frozen per chunk.
 
-  Same chunking and boundary rules as ``chunked`` (module docstring), written as a ``lax.scan`` over
-  tokens with every W_t materialised; with ``chunk_size=1`` it is ``recurrent``.
+  The semantics of ``chunked``'s mini-batch form (module docstring) written as one ``lax.scan`` over
+  tokens with every W_t materialised. Chunk boundaries sit every ``chunk_size`` tokens from the
+  start of the sequence; a state returned mid-chunk (``chunk_phase > 0``) continues that chunk.
+  With ``chunk_size=1`` it is ``recurrent``.
   """
   rule.check(state, q, k, v, gates)
   g = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
   _check_minibatch(rule, g)
+  t, b = q.shape[0], chunk_size
   if g.lr is None:
-    g = g._replace(lr=jnp.full(q.shape[:1], rule.lr_default, q.dtype))
+    g = g._replace(lr=jnp.full((t,), rule.lr_default, q.dtype))
   lq = isinstance(rule.retention, ret.LqNormalization)
   lag = isinstance(rule.retention, ret.KLSoftmax)
+  inner = ret.Decay("scalar") if lag else rule.retention  # Memora's in-chunk (linear) retention
+  phase, base, _ = _phase_and_base(state)
+  core = state._replace(chunk_base=None, chunk_phase=None)
 
-  def chunk(state, c):
-    qc, kc, vc, gc = c["q"], c["k"], c["v"], c["g"]
-    size = qc.shape[0]
-    first = 0
-    ys0 = None
-    if lag:
-      state = rule.write(state, kc[0], vc[0], jax.tree.map(lambda x: x[0], gc))
-      ys0 = rule.memory.apply(state.weights, qc[:1])
-      first = 1
-    base = state.weights
-    scale = jax.tree.map(lambda a: _inv_norm(a, rule.retention.q), state.accum) if lq else None
-    decay_gate = ret.Decay("scalar") if lag else rule.retention
-
-    def token(carry, x):
-      idx, qt, kt, vt, gt = x
-      grad = biases.weight_grad(
-        rule.memory, rule.bias, base, kt, vt, gt.delta, use_loss=rule.use_loss
-      )
-      step, mom = rule.algorithm.step(grad, carry.momentum, gt, kt)
-      if lq:
-        accum = jax.tree.map(jnp.add, ret.scale_by_retention(carry.accum, gt), step)
-        w_end, _ = rule.retention.init(accum)
-        w_mid = jax.tree.map(lambda a, s: a * s, accum, scale)
-        w = jax.tree.map(lambda e, m: jnp.where(idx == size - 1, e, m), w_end, w_mid)
-        new = MemoryState(w_end, accum, mom)
-      else:
-        w, _ = decay_gate.write(carry.weights, None, step, gt)
-        new = MemoryState(w, None, mom)
-      return new, rule.memory.apply(w, qt)
-
-    xs = (
-      jnp.arange(first, size),
-      qc[first:],
-      kc[first:],
-      vc[first:],
-      jax.tree.map(lambda x: x[first:], gc),
-    )
-    if size - first:
-      state, ys = jax.lax.scan(token, state, xs)
-      ys = ys if ys0 is None else jnp.concatenate([ys0, ys])
+  def token(carry, x):
+    state, base = carry
+    pos, qt, kt, vt, gt = x
+    first, last = pos % b == 0, pos % b == b - 1
+    if lag:  # the lag token: the exact update, which is also the chunk's base
+      cand = rule.write(state, kt, vt, gt)
+      base = _tree_where(first, _boundary(cand), base)
     else:
-      ys = ys0
-    return state, ys
+      base = _tree_where(first, _boundary(state), base)
+    grad = biases.weight_grad(
+      rule.memory, rule.bias, base.weights, kt, vt, gt.delta, use_loss=rule.use_loss
+    )
+    step, mom = rule.algorithm.step(grad, state.momentum, gt, kt)
+    if lq:
+      accum = jax.tree.map(jnp.add, ret.scale_by_retention(state.accum, gt), step)
+      normalised, _ = rule.retention.init(accum)
+      scale = jax.tree.map(lambda a: _inv_norm(a, rule.retention.q), base.accum)
+      read = _tree_where(last, normalised, jax.tree.map(lambda a, c: a * c, accum, scale))
+      new = state._replace(weights=normalised, accum=accum, momentum=mom)
+    else:
+      w, _ = inner.write(state.weights, None, step, gt)
+      new = state._replace(weights=w, momentum=mom)
+      if lag:
+        new = _tree_where(first, cand, new)
+      read = new.weights
+    return (new, base), rule.memory.apply(read, qt)
 
-  full, rest = _split({"q": q, "k": k, "v": v, "g": g}, chunk_size, q.shape[0])
-  return _scan_chunks(chunk, state, full, rest, remat=False)
+  xs = (phase + jnp.arange(t), q, k, v, g)
+  (final, base), ys = jax.lax.scan(token, (core, base), xs)
+  end = (phase + t) % b
+  return ys, final._replace(
+    chunk_base=_tree_where(end == 0, _boundary(final), base), chunk_phase=end
+  )
 
 
 # ================================================================================================

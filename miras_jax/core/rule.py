@@ -39,12 +39,16 @@ class MemoryState(NamedTuple):
 
   ``weights``: the current memory weights W_t (for Moneta W, not A); ``accum``: the dual variable
   A_t where the retention keeps one (Moneta's ℓq, FTRL elastic net), else ``None``; ``momentum``:
-  Titans' surprise S_t, else ``None``.
+  Titans' surprise S_t, else ``None``. The mini-batch chunked forms also return ``chunk_phase``
+  (tokens into the current chunk) and ``chunk_base`` (the state at the last chunk boundary, their
+  gradient base point), so that a later call continues the chunk exactly; ``recurrent`` ignores them.
   """
 
   weights: Any
   accum: Any = None
   momentum: Any = None
+  chunk_base: Any = None
+  chunk_phase: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +146,10 @@ class Rule:
     if self.grad_at == "decayed":
       base = self.retention.decay(state.weights, g)
       step, momentum = self.algorithm.step(self._grad(base, k, v, g), state.momentum, g, k)
-      return MemoryState(jax.tree.map(jnp.add, base, step), state.accum, momentum)
+      return state._replace(weights=jax.tree.map(jnp.add, base, step), momentum=momentum)
     step, momentum = self.algorithm.step(self._grad(state.weights, k, v, g), state.momentum, g, k)
     w, accum = self.retention.write(state.weights, state.accum, step, g)
-    return MemoryState(w, accum, momentum)
+    return state._replace(weights=w, accum=accum, momentum=momentum)
 
   def read(self, state: MemoryState, q: jax.Array) -> jax.Array:
     """y = M(W, q) for one query ``q: [d_k]``."""
