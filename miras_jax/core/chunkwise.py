@@ -1,9 +1,15 @@
 """Chunked (parallel) training forms of the memory rules, and the chunk-semantics reference.
 
 ``chunked(rule, state, q, k, v, gates, chunk_size=b)`` has the arguments and returns of
-``recurrent`` (CONVENTIONS §5). The sequence is cut into chunks of b tokens from the start of the
-call (the last chunk holds the remaining T mod b tokens); a ``lax.scan`` carries the memory state
-from chunk to chunk, under ``jax.checkpoint`` so that the backward pass keeps one state per chunk.
+``recurrent`` (CONVENTIONS §5). The sequence is cut into chunks of b tokens; a ``lax.scan`` carries
+the memory state from chunk to chunk, under ``jax.checkpoint`` so that the backward pass keeps one
+state per chunk. For the exact forms the chunking is invisible (any chunk size, any split of the
+sequence into calls gives the token-serial result). For the mini-batch forms chunk boundaries sit
+every b tokens from the start of the *sequence*: the returned state carries ``chunk_phase`` (tokens
+into the current chunk) and ``chunk_base`` (its gradient base point), and a later call first
+completes that chunk, so that any split into calls, down to token-by-token decoding, gives the
+outputs of one call. Inside a call the tokens are placed on this grid and the slots before the
+first and after the last token are masked no-ops (η = 0, α = μ = 1, no write).
 
 **Exact chunkwise forms** (rules linear in the state: linear memory, GD / implicit GD / multi-step
 GD, decay or no retention, dot-product or ℓ2 bias). Every such rule is a "diagonal plus rank one"
@@ -119,7 +125,8 @@ def chunked(
   Args:
     rule, state, q, k, v, gates: as for ``recurrent`` (shapes ``q, k: [T, d_k]``, ``v: [T, d_v]``).
     chunk_size: b, the tokens per chunk (mini-batch forms: the gradient base point is frozen per
-      chunk). Chunks are counted from the start of the call; T need not be a multiple of b.
+      chunk, and chunks are counted from the start of the sequence, continuing the chunk a previous
+      call left open); T need not be a multiple of b.
     remat: wrap each chunk in ``jax.checkpoint`` (activation memory grows with T/b).
     write: ``"token"`` (the papers: one write per token, above) or ``"chunk"``: one aggregated write
       per chunk (titans-pytorch's semantics; decay or no retention, GD or momentum):
