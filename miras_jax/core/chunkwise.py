@@ -503,7 +503,11 @@ def _minibatch(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
 
 
 def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
-  """One aggregated write per chunk (``write="chunk"`` in ``chunked``)."""
+  """One aggregated write per chunk (``write="chunk"`` in ``chunked``); chunks start at the call."""
+  if state.chunk_phase is not None:
+    raise ValueError(
+      "write='chunk' starts its chunks at the call: pass a state without chunk_phase"
+    )
   _check_minibatch(rule, g)
   if not isinstance(rule.retention, (ret.Decay, ret.NoRetention)):
     raise ValueError(f"{rule.name}: write='chunk' supports decay or no retention only")

@@ -258,3 +258,6 @@ def test_per_chunk_write_matches_numpy_and_is_recurrent_at_chunk_one():
   assert_trees_rel_close(st, want_st, 1e-5)
   with pytest.raises(ValueError, match="write"):
     mj.chunked(deep, state, q, k, v, g, chunk_size=4, write="sometimes")
+  _, mid = mj.chunked(deep, state, q, k, v, g, chunk_size=4)  # carries chunk_phase
+  with pytest.raises(ValueError, match="chunk_phase"):
+    mj.chunked(deep, mid, q, k, v, g, chunk_size=4, write="chunk")
