@@ -1,4 +1,4 @@
-"""Flax NNX modules built on the functional core (layers here; the memory block and models follow)."""
+"""Flax NNX modules built on the functional core: layers and the NeuralMemory block."""
 
 from miras_jax.nn.layers import (
   Attention,
@@ -12,11 +12,14 @@ from miras_jax.nn.layers import (
   param,
   rope,
 )
+from miras_jax.nn.memory import NeuralMemory, NeuralMemoryState
 
 __all__ = [
   "Attention",
   "KVCache",
   "Linear",
+  "NeuralMemory",
+  "NeuralMemoryState",
   "LowRankGate",
   "RMSNorm",
   "ShortConv",

@@ -1,0 +1,156 @@
+"""The MIRAS layer block (MIRAS §5.4, Fig 2; Titans §3): a multi-head neural memory as an NNX module.
+
+    x ─ q/k/v projections ─ short causal conv + SiLU ─ ℓ2-norm q, k ─ split heads ─┐
+    x ─ low-rank gate projections (η, α, μ, δ per head and token) ─────────────────┤
+                                     core memory rule per (batch, head) ◀──────────┘
+    ─ per-head RMSNorm ─ ⊙ sigmoid(x W_g) ─ output projection
+
+The memory runs through ``miras_jax.chunked`` in training and decoding alike: the exact forms are
+chunking-invariant and the mini-batch forms carry their chunk grid across calls, so a sequence
+processed token by token (``decode``) gives the outputs of one call. The initial memory of every
+head is learned (``nnx.Param``); the per-sequence state (conv buffers, memory state) is a pytree
+passed in and out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import miras_jax as mj
+from miras_jax.core import retention as ret
+from miras_jax.nn.layers import Linear, LowRankGate, RMSNorm, ShortConv, l2_normalize, param
+
+
+class NeuralMemoryState(NamedTuple):
+  """Per-sequence state: conv buffers ``[B, K−1, H·D]`` for q, k, v and the memory state with
+  leading ``[B, H]`` axes."""
+
+  conv_q: jax.Array
+  conv_k: jax.Array
+  conv_v: jax.Array
+  memory: Any
+
+
+# Gate → (activation, initial bias): η ∈ (0, 1) small, α and μ near 1, δ > 0 around 1.
+_GATES = {
+  "lr": (jax.nn.sigmoid, -2.0),
+  "retention": (jax.nn.sigmoid, 4.0),
+  "retention_value": (jax.nn.sigmoid, 4.0),
+  "momentum": (jax.nn.sigmoid, 2.0),
+  "delta": (jax.nn.softplus, 0.5),
+}
+
+
+class NeuralMemory(nnx.Module):
+  """Multi-head memory block for any preset (``presets.get(preset, **preset_options)``)."""
+
+  def __init__(
+    self,
+    dim: int,
+    heads: int,
+    head_dim: int,
+    *,
+    preset: str = "titans_lmm",
+    preset_options: dict | None = None,
+    chunk_size: int = 64,
+    conv_kernel: int = 4,
+    gate_rank: int = 32,
+    rngs: nnx.Rngs,
+  ):
+    self.rule = mj.presets.get(preset, **(preset_options or {}))
+    if not isinstance(self.rule, mj.Rule):
+      raise ValueError(f"preset must be a parametric memory; got {preset!r} (use nn.Attention)")
+    if isinstance(self.rule.algorithm, mj.algorithms.MultiStepGD):
+      raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
+    self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size
+    inner = heads * head_dim
+    self.q = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
+    self.k = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
+    self.v = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
+    self.conv_q = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
+    self.conv_k = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
+    self.conv_v = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
+    channel = getattr(self.rule.retention, "channels", "") in ("key", "key_value")
+    self.gate_names = tuple(f for f in mj.Gates._fields if f in self.rule.used_gates)
+    self.gates = nnx.Dict(
+      {
+        name: LowRankGate(
+          dim,
+          heads
+          * (head_dim if name == "retention_value" or (name == "retention" and channel) else 1),
+          gate_rank,
+          bias_init=_GATES[name][1],
+          rngs=rngs,
+        )
+        for name in self.gate_names
+      }
+    )
+    one = self.rule.memory.init(
+      rngs.params(),
+      head_dim,
+      head_dim,
+      **({} if isinstance(self.rule.memory, mj.MLPMemory) else {"scale": 0.1}),
+    )
+    self.initial_memory = nnx.List(
+      [
+        param(
+          rngs,
+          lambda key, shape, dtype, w=w: jnp.broadcast_to(w, shape).astype(dtype),
+          (heads, *w.shape),
+          ("heads", None, None),
+        )
+        for w in jax.tree.leaves(one)
+      ]
+    )
+    self.out_norm = RMSNorm(head_dim, ("head_dim",), rngs=rngs)
+    self.out_gate = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
+    self.o = Linear(inner, dim, ("heads", "embed"), rngs=rngs)
+
+  def _initial_weights(self):
+    """Learned initial memory per head, mapped into the retention's domain ([H, …] leaves)."""
+    leaves = [p[...] for p in self.initial_memory]
+    if isinstance(self.rule.retention, ret.KLSoftmax):
+      leaves = [self.rule.retention.c * jax.nn.softmax(w, axis=-1) for w in leaves]
+    if isinstance(self.rule.retention, ret.BregmanSigmoid):
+      leaves = [jax.nn.sigmoid(w) for w in leaves]
+    if isinstance(self.rule.memory, mj.LinearMemory):
+      return leaves[0]
+    return tuple(leaves)
+
+  def init_state(self, batch: int) -> NeuralMemoryState:
+    inner = self.heads * self.head_dim
+    conv = self.conv_q.init_state(batch, inner)
+    per_head = jax.vmap(self.rule.init_state)(self._initial_weights())
+    memory = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), per_head)
+    return NeuralMemoryState(conv, conv, conv, memory)
+
+  def __call__(self, x, state: NeuralMemoryState | None = None):
+    """``x: [B, T, E]`` → ``(y [B, T, E], state)``; a state continues a previous call exactly."""
+    b, t, _ = x.shape
+    if state is None:
+      state = self.init_state(b)
+    h, d = self.heads, self.head_dim
+    q, cq = self.conv_q(self.q(x), state.conv_q)
+    k, ck = self.conv_k(self.k(x), state.conv_k)
+    v, cv = self.conv_v(self.v(x), state.conv_v)
+    heads = lambda y: jax.nn.silu(y).reshape(b, t, h, d).transpose(0, 2, 1, 3)  # [B, H, T, D]
+    q, k, v = l2_normalize(heads(q)), l2_normalize(heads(k)), heads(v)
+    gates = {}
+    for name in self.gate_names:
+      act = _GATES[name][0]
+      raw = act(self.gates[name](x))  # [B, T, H] or [B, T, H·D]
+      raw = raw.reshape(b, t, h, -1).transpose(0, 2, 1, 3)  # [B, H, T, 1 | D]
+      gates[name] = raw[..., 0] if raw.shape[-1] == 1 else raw
+    g = mj.Gates(**gates)
+
+    def one(st, q, k, v, g):
+      return mj.chunked(self.rule, st, q, k, v, g, chunk_size=self.chunk_size)
+
+    ys, memory = jax.vmap(jax.vmap(one))(state.memory, q, k, v, g)  # [B, H, T, D]
+    ys = self.out_norm(ys).transpose(0, 2, 1, 3).reshape(b, t, h * d)
+    out = self.o(ys * jax.nn.sigmoid(self.out_gate(x)))
+    return out, NeuralMemoryState(cq, ck, cv, memory)
