@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from miras_jax import models
+from tests.streaming import assert_streams_like_forward
 
 B, T = 2, 6
 
@@ -35,19 +36,10 @@ def _tokens(seed=0):
 @pytest.mark.parametrize("preset", ["titans_lmm", "gated_delta_net"])
 def test_decode_equals_forward_and_is_causal(preset):
   model = _model(preset)
-  call = nnx.jit(lambda m, x, c: m(x, c))
   x = _tokens()
-  logits, _ = call(model, x, None)
+  logits = assert_streams_like_forward(model, x, model.init_cache(B), split=4)
   chex.assert_shape(logits, (B, T, 32))
-  cache, outs = model.init_cache(B), []
-  for t in range(T):
-    y, cache = call(model, x[:, t : t + 1], cache)
-    outs.append(y)
-  np.testing.assert_allclose(jnp.concatenate(outs, 1), logits, rtol=1e-4, atol=1e-4)
-  y1, cache = call(model, x[:, :4], None)
-  y2, _ = call(model, x[:, 4:], cache)
-  np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), logits, rtol=1e-4, atol=1e-4)
-  later, _ = call(model, x.at[:, 4:].set(_tokens(1)[:, 4:]), None)
+  later, _ = model(x.at[:, 4:].set(_tokens(1)[:, 4:]))
   np.testing.assert_allclose(later[:, :4], logits[:, :4], rtol=1e-6, atol=1e-6)
 
 

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from miras_jax.nn.memory import NeuralMemory
+from tests.streaming import assert_streams_like_forward
 
 B, T, E, H, D = 2, 7, 16, 2, 8
 CASES = [
@@ -33,17 +34,7 @@ def _layer(preset, opts):
 @pytest.mark.parametrize("preset,opts", CASES, ids=[c[0] for c in CASES])
 def test_decode_and_prefill_equal_forward(preset, opts):
   layer = _layer(preset, opts)
-  call = nnx.jit(lambda m, x, s: m(x, s))
-  x = _x()
-  full, _ = call(layer, x, None)
-  state, outs = layer.init_state(B), []
-  for t in range(T):
-    y, state = call(layer, x[:, t : t + 1], state)
-    outs.append(y)
-  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-4, atol=1e-4)
-  y1, state = call(layer, x[:, :4], None)
-  y2, _ = call(layer, x[:, 4:], state)
-  np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), full, rtol=1e-4, atol=1e-4)
+  assert_streams_like_forward(layer, _x(), layer.init_state(B), split=4)
 
 
 def test_causal():
