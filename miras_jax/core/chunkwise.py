@@ -394,14 +394,6 @@ def _boundary(state: MemoryState) -> MemoryState:
   return MemoryState(state.weights, state.accum)
 
 
-def _inv_norm(a, q):
-  """1 / ‖A‖_q^{q−2} (1 when A = 0), the ℓq retention's read scale."""
-  if q == 2.0:
-    return jnp.ones((), a.dtype)
-  nq = jnp.sum(jnp.abs(a) ** q)
-  return jnp.where(nq > 0, 1.0 / jnp.where(nq > 0, nq, 1.0) ** ((q - 2.0) / q), 1.0)
-
-
 def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v, g, m):
   """Tokens of one chunk (``m = 0``: no-op) from ``state``, gradients at ``base`` (dual form)."""
   lq = isinstance(rule.retention, ret.LqNormalization)
@@ -425,7 +417,7 @@ def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v,
     # Reads use the last boundary's normaliser, except at the chunk's last slot (a new boundary).
     last = jnp.arange(q.shape[0]) == q.shape[0] - 1
     inv = [
-      jnp.where(last, _inv_norm(e, rule.retention.q), _inv_norm(w, rule.retention.q))
+      jnp.where(last, ret.lq_scale(e, rule.retention.q), ret.lq_scale(w, rule.retention.q))
       for w, e in zip(_leaves(base.accum), ends, strict=True)
     ]
   else:
@@ -576,7 +568,7 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
     if lq:
       accum = jax.tree.map(jnp.add, ret.scale_by_retention(state.accum, gt), step)
       normalised, _ = rule.retention.init(accum)
-      scale = jax.tree.map(lambda a: _inv_norm(a, rule.retention.q), base.accum)
+      scale = jax.tree.map(lambda a: ret.lq_scale(a, rule.retention.q), base.accum)
       read = _tree_where(last, normalised, jax.tree.map(lambda a, c: a * c, accum, scale))
       new = state._replace(weights=normalised, accum=accum, momentum=mom)
     else:

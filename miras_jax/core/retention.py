@@ -112,13 +112,13 @@ class Decay:
     return jax.tree.map(jnp.add, self.decay(weights, g), step), None
 
 
-def _lq_normalise(a: jax.Array, q: float) -> jax.Array:
-  """A / ‖A‖_q^{q−2} over all entries of one weight matrix (0 stays 0)."""
+def lq_scale(a: jax.Array, q: float) -> jax.Array:
+  """1 / ‖A‖_q^{q−2} over all entries of one weight matrix (1 when A = 0): W = A · lq_scale(A, q)."""
   if q == 2.0:
-    return a
+    return jnp.ones((), a.dtype)
   norm_q = jnp.sum(jnp.abs(a) ** q)
   safe = jnp.where(norm_q > 0, norm_q, 1.0)
-  return jnp.where(norm_q > 0, a / safe ** ((q - 2.0) / q), a)
+  return jnp.where(norm_q > 0, 1.0 / safe ** ((q - 2.0) / q), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,7 @@ class LqNormalization:
   has_accum = True
 
   def init(self, accum):
-    return jax.tree.map(lambda a: _lq_normalise(a, self.q), accum), accum
+    return jax.tree.map(lambda a: a * lq_scale(a, self.q), accum), accum
 
   def write(self, weights, accum, step, g):
     accum = jax.tree.map(jnp.add, scale_by_retention(accum, g), step)
