@@ -134,14 +134,29 @@ class Attention(nnx.Module):
   Persistent tokens (Titans §4, Eq 19) are ``n_persistent`` learned vectors in model space that are
   prepended to every sequence as keys/values (projected like the input, no RoPE) and are visible to
   every query. A window w lets token t see tokens t − w < j ≤ t. ``__call__`` takes a cache to
-  decode or prefill: the cache keeps the last ``capacity`` tokens (the window, or the longest
-  sequence for full attention).
+  decode or prefill and returns the cache after the call; the cache keeps the last ``capacity``
+  tokens (the window unless given; full attention needs ``capacity``, the longest sequence, or
+  returns no cache when called without one).
   """
 
-  def __init__(self, dim, heads, head_dim, *, window=None, n_persistent=0, rope_base=10000.0, rngs):
+  def __init__(
+    self,
+    dim,
+    heads,
+    head_dim,
+    *,
+    window=None,
+    n_persistent=0,
+    capacity=None,
+    rope_base=10000.0,
+    rngs,
+  ):
     if window is not None and window < 1:
       raise ValueError(f"window must be >= 1 or None; got {window}")
+    if capacity is not None and capacity < 1:
+      raise ValueError(f"capacity must be >= 1 or None; got {capacity}")
     self.heads, self.head_dim, self.window, self.rope_base = heads, head_dim, window, rope_base
+    self.capacity = capacity or window
     inner = heads * head_dim
     self.q = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
     self.k = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
@@ -153,34 +168,25 @@ class Attention(nnx.Module):
       else None
     )
 
-  def init_cache(self, batch: int, capacity: int | None = None, dtype=jnp.float32) -> KVCache:
-    capacity = capacity or self.window
-    if capacity is None:
-      raise ValueError("capacity is required for full attention (the longest sequence to decode)")
-    shape = (batch, capacity, self.heads, self.head_dim)
+  def init_cache(self, batch: int, dtype=jnp.float32) -> KVCache:
+    if self.capacity is None:
+      raise ValueError("full attention needs capacity= (the longest sequence to decode)")
+    shape = (batch, self.capacity, self.heads, self.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
   def _split(self, y):
     return y.reshape(*y.shape[:-1], self.heads, self.head_dim)
 
-  def __call__(self, x, cache: KVCache | None = None):
-    """``x: [B, T, E]`` → ``(y [B, T, E], cache)``; without a cache the tokens start at position 0."""
-    b, t, _ = x.shape
-    start = jnp.zeros((), jnp.int32) if cache is None else cache.length
-    pos_q = start + jnp.arange(t)
-    q = rope(self._split(self.q(x)), pos_q, self.rope_base)  # [B, T, H, D]
-    k = rope(self._split(self.k(x)), pos_q, self.rope_base)
-    v = self._split(self.v(x))
-    keys, vals, pos_k, valid = k, v, pos_q, jnp.ones((t,), bool)
-    if cache is not None:
-      held, held_valid = ring_slots(start, cache.keys.shape[1])
-      keys = jnp.concatenate([cache.keys, k], axis=1)
-      vals = jnp.concatenate([cache.values, v], axis=1)
-      pos_k = jnp.concatenate([held, pos_q])
-      valid = jnp.concatenate([held_valid, valid])
-    mask = valid[None, :] & (pos_k[None, :] <= pos_q[:, None])  # [T, S]
-    if self.window is not None:
-      mask &= pos_k[None, :] > pos_q[:, None] - self.window
+  def project(self, x, positions):
+    """``x: [B, T, E]`` → q, k, v ``[B, T, H, D]`` (RoPE on q and k at ``positions: [T]``)."""
+    q = rope(self._split(self.q(x)), positions, self.rope_base)
+    k = rope(self._split(self.k(x)), positions, self.rope_base)
+    return q, k, self._split(self.v(x))
+
+  def attend(self, q, keys, vals, mask):
+    """softmax(q kᵀ/√D) v over ``keys, vals: [B, S, H, D]`` where ``mask: [T, S]`` allows, with
+    the persistent tokens visible to every query; output projected to ``[B, T, E]``."""
+    b, t = q.shape[:2]
     if self.persistent is not None:
       p = self.persistent[...]  # [P, E]
       pk, pv = (
@@ -192,9 +198,29 @@ class Attention(nnx.Module):
     scores = jnp.einsum("bthd,bshd->bhts", q, keys) / jnp.sqrt(self.head_dim).astype(q.dtype)
     scores = jnp.where(mask[None, None], scores, -jnp.inf)
     y = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), vals)
-    out = self.o(y.reshape(b, t, -1))
+    return self.o(y.reshape(b, t, -1))
+
+  def __call__(self, x, cache: KVCache | None = None):
+    """``x: [B, T, E]`` → ``(y [B, T, E], cache)``; without a cache the tokens start at position 0."""
+    b, t, _ = x.shape
+    start = jnp.zeros((), jnp.int32) if cache is None else cache.length
+    pos_q = start + jnp.arange(t)
+    q, k, v = self.project(x, pos_q)
+    keys, vals, pos_k, valid = k, v, pos_q, jnp.ones((t,), bool)
+    if cache is not None:
+      held, held_valid = ring_slots(start, cache.keys.shape[1])
+      keys = jnp.concatenate([cache.keys, k], axis=1)
+      vals = jnp.concatenate([cache.values, v], axis=1)
+      pos_k = jnp.concatenate([held, pos_q])
+      valid = jnp.concatenate([held_valid, valid])
+    mask = valid[None, :] & (pos_k[None, :] <= pos_q[:, None])  # [T, S]
+    if self.window is not None:
+      mask &= pos_k[None, :] > pos_q[:, None] - self.window
+    out = self.attend(q, keys, vals, mask)
     if cache is None:
-      return out, None
+      if self.capacity is None:
+        return out, None
+      cache = self.init_cache(b, k.dtype)
     idx, keep = ring_write(start, t, cache.keys.shape[1])  # the last `capacity` tokens survive
     new = KVCache(
       cache.keys.at[:, idx].set(k[:, t - keep :]),

@@ -22,6 +22,7 @@ from flax import nnx
 
 import miras_jax as mj
 from miras_jax.core import retention as ret
+from miras_jax.core.chunkwise import exact_form_applies
 from miras_jax.nn.layers import Linear, LowRankGate, RMSNorm, ShortConv, l2_normalize, param
 
 
@@ -121,10 +122,19 @@ class NeuralMemory(nnx.Module):
       return leaves[0]
     return tuple(leaves)
 
-  def init_state(self, batch: int) -> NeuralMemoryState:
+  def init_state(self, batch: int, *, grid: bool = True) -> NeuralMemoryState:
+    """The empty per-sequence state. ``grid``: for rules in the mini-batch form, include the chunk
+    grid position (phase 0) as every returned state does, so decode caches keep one pytree
+    structure from the first call on (one compile of a decode step, ``lax.scan`` carries);
+    ``grid=False`` is the cheaper start of a fresh training sequence."""
     inner = self.heads * self.head_dim
     conv = self.conv_q.init_state(batch, inner)
     per_head = jax.vmap(self.rule.init_state)(self._initial_weights())
+    if grid and not exact_form_applies(self.rule):
+      per_head = per_head._replace(
+        chunk_base=mj.MemoryState(per_head.weights, per_head.accum),
+        chunk_phase=jnp.zeros((self.heads,), jnp.int32),
+      )
     memory = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), per_head)
     return NeuralMemoryState(conv, conv, conv, memory)
 
@@ -132,7 +142,7 @@ class NeuralMemory(nnx.Module):
     """``x: [B, T, E]`` → ``(y [B, T, E], state)``; a state continues a previous call exactly."""
     b, t, _ = x.shape
     if state is None:
-      state = self.init_state(b)
+      state = self.init_state(b, grid=False)
     h, d = self.heads, self.head_dim
     q, cq = self.conv_q(self.q(x), state.conv_q)
     k, ck = self.conv_k(self.k(x), state.conv_k)
@@ -151,6 +161,21 @@ class NeuralMemory(nnx.Module):
       return mj.chunked(self.rule, st, q, k, v, g, chunk_size=self.chunk_size)
 
     ys, memory = jax.vmap(jax.vmap(one))(state.memory, q, k, v, g)  # [B, H, T, D]
+    return self._output(ys, x), NeuralMemoryState(cq, ck, cv, memory)
+
+  def read(self, x, memory, conv_q):
+    """Retrieval without a write, ``h = M*(q)`` (Titans Eq 21): queries from ``x: [B, T, E]``
+    through this block's q projection and short conv (its buffer ``conv_q`` passed in and out),
+    read from a frozen memory state ``memory`` (leaves ``[B, H, …]``). Returns ``(h [B, T, E],
+    conv_q)``; output norm, gate and projection as in ``__call__``."""
+    b, t, _ = x.shape
+    q, conv_q = self.conv_q(self.q(x), conv_q)
+    q = l2_normalize(jax.nn.silu(q).reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3))
+    ys = jax.vmap(jax.vmap(self.rule.read))(memory, q)  # [B, H, T, D]
+    return self._output(ys, x), conv_q
+
+  def _output(self, ys, x):
+    """Per-head RMSNorm, then ⊙ sigmoid(x W_g) and the output projection: ``[B, H, T, D]`` → E."""
+    b, h, t, d = ys.shape
     ys = self.out_norm(ys).transpose(0, 2, 1, 3).reshape(b, t, h * d)
-    out = self.o(ys * jax.nn.sigmoid(self.out_gate(x)))
-    return out, NeuralMemoryState(cq, ck, cv, memory)
+    return self.o(ys * jax.nn.sigmoid(self.out_gate(x)))

@@ -100,17 +100,18 @@ def test_attention_matches_core_softmax_attention(window):
 
 @pytest.mark.parametrize("window,persistent", [(None, 0), (3, 0), (None, 2), (4, 3)])
 def test_attention_decode_and_prefill_equal_full_forward(window, persistent):
-  layer = nn.Attention(E, H, D, window=window, n_persistent=persistent, rngs=nnx.Rngs(2))
+  layer = nn.Attention(
+    E, H, D, window=window, n_persistent=persistent, capacity=None if window else T, rngs=nnx.Rngs(2)
+  )
   x = _x(1)
   full, _ = layer(x)
-  cache = layer.init_cache(B, capacity=None if window else T)
+  cache = layer.init_cache(B)
   outs = []
   for t in range(T):
     y, cache = layer(x[:, t : t + 1], cache)
     outs.append(y)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
-  cache = layer.init_cache(B, capacity=None if window else T)
-  y1, cache = layer(x[:, :5], cache)
+  y1, cache = layer(x[:, :5])  # prefill without a cache returns one
   y2, cache = layer(x[:, 5:], cache)
   np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), full, rtol=1e-5, atol=1e-5)
 
