@@ -101,7 +101,13 @@ def test_attention_matches_core_softmax_attention(window):
 @pytest.mark.parametrize("window,persistent", [(None, 0), (3, 0), (None, 2), (4, 3)])
 def test_attention_decode_and_prefill_equal_full_forward(window, persistent):
   layer = nn.Attention(
-    E, H, D, window=window, n_persistent=persistent, capacity=None if window else T, rngs=nnx.Rngs(2)
+    E,
+    H,
+    D,
+    window=window,
+    n_persistent=persistent,
+    capacity=None if window else T,
+    rngs=nnx.Rngs(2),
   )
   x = _x(1)
   full, _ = layer(x)
