@@ -1,0 +1,45 @@
+"""Data for miras_jax: synthetic tasks, tfds builders (array_record, no TensorFlow) and grain loaders.
+
+Example::
+
+  from miras_jax import data
+  builder = data.prepare("mqar", "/tmp/tfds", seq_len=64, vocab=128, num_pairs=4,
+                         train_size=1000, test_size=100)
+  loader = data.make_loader(builder.as_data_source()["train"], batch_size=32, seed=0)
+  batch = next(loader)            # {"inputs": int32 [32, 64], "targets": int32 [32, 64], "mask": bool}
+  state = loader.get_state()      # JSON-serialisable; loader.set_state(state) resumes exactly
+
+  text = data.prepare("text_corpus", "/tmp/tfds", corpus_dir="corpus/", max_doc_bytes=4096)
+  lm = data.make_loader(text.as_data_source()["train"], batch_size=8, seed=0, pack_len=256)
+
+This package imports neither flax nor TensorFlow (tests/data/test_no_tensorflow.py checks both).
+"""
+
+from miras_jax.data.builders import (
+  MQARBuilder,
+  MQARConfig,
+  TextCorpusBuilder,
+  TextCorpusConfig,
+  mqar_config,
+  prepare,
+  text_corpus_config,
+)
+from miras_jax.data.pipeline import Loader, make_loader
+from miras_jax.data.synthetic import mqar
+from miras_jax.data.tokenizers import EOS_ID, ByteTokenizer, SentencePieceTokenizer
+
+__all__ = [
+  "EOS_ID",
+  "ByteTokenizer",
+  "Loader",
+  "MQARBuilder",
+  "MQARConfig",
+  "SentencePieceTokenizer",
+  "TextCorpusBuilder",
+  "TextCorpusConfig",
+  "make_loader",
+  "mqar",
+  "mqar_config",
+  "prepare",
+  "text_corpus_config",
+]

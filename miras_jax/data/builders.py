@@ -1,0 +1,419 @@
+"""tensorflow-datasets builders that write ``array_record`` files, and ``prepare`` (offline).
+
+Everything here works without TensorFlow: the builders are written with
+``file_format="array_record"`` and read back with random access through ``builder.as_data_source()``
+or ``tfds.data_source(...)`` (``tfds.load`` / ``as_dataset`` would need TensorFlow).
+
+On-disk layout (the standard tfds one)::
+
+  {data_dir}/mqar/{config_name}/1.0.0/mqar-{train,test}.array_record-0000i-of-0000n
+  {data_dir}/text_corpus/{config_name}/1.0.0/text_corpus-{train,validation}.array_record-…
+  {data_dir}/{catalog_name}/{config}/{version}/…          (catalog datasets, prepared elsewhere)
+
+``config_name`` is derived from the options (see ``mqar_config`` / ``text_corpus_config``), so two
+different option sets never share a directory, and preparing the same options twice reuses the files.
+The builders are not registered in the tfds catalog (no global side effect); prepared data is read by
+plain tfds through its files, e.g. ``tfds.data_source("mqar/<config_name>", split="train",
+data_dir=data_dir)``. tfds shuffles records on write, so record ``i`` on disk is not example ``i`` of
+the generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from miras_jax.data.synthetic import mqar
+from miras_jax.data.tokenizers import ByteTokenizer
+
+__all__ = [
+  "MQARBuilder",
+  "MQARConfig",
+  "TextCorpusBuilder",
+  "TextCorpusConfig",
+  "mqar_config",
+  "prepare",
+  "text_corpus_config",
+]
+
+_VERSION = tfds.core.Version("1.0.0")
+_FILE_FORMAT = "array_record"
+# tfds derives ``code_path`` (where it looks for checksums.tsv) through ``importlib_resources`` for
+# builders defined inside an installed package, and that package is not a dependency of tfds on
+# Python >= 3.9: without it ``download_and_prepare`` fails with ModuleNotFoundError. Giving the path
+# explicitly avoids the lookup (there is no checksums file: nothing is downloaded).
+_CODE_PATH = epath.Path(__file__)
+
+
+# ------------------------------------------------------------------------------------------------
+# MQAR
+
+
+@dataclasses.dataclass(kw_only=True)
+class MQARConfig(tfds.core.BuilderConfig):
+  """Options of ``MQARBuilder`` (see ``miras_jax.data.synthetic.mqar`` for their meaning).
+
+  Split ``train`` is ``mqar(2 * seed, train_size, …)`` and split ``test`` is
+  ``mqar(2 * seed + 1, test_size, …)``: the two splits use different seeds, and no two configs with
+  different ``seed`` share a split seed.
+  """
+
+  seq_len: int = 256
+  vocab: int = 8192
+  num_pairs: int = 16
+  train_size: int = 100_000
+  test_size: int = 3_000
+  seed: int = 0
+  power_a: float = 0.01
+
+
+def mqar_config(
+  *,
+  seq_len: int = 256,
+  vocab: int = 8192,
+  num_pairs: int = 16,
+  train_size: int = 100_000,
+  test_size: int = 3_000,
+  seed: int = 0,
+  power_a: float = 0.01,
+) -> MQARConfig:
+  """Returns the validated ``MQARConfig`` for these options, named after all of them.
+
+  The name is ``T{seq_len}_V{vocab}_P{num_pairs}_a{power_a}_n{train_size}-{test_size}_s{seed}``, e.g.
+  ``T64_V128_P4_a0.01_n1000-100_s0``, so different options land in different directories.
+
+  Raises:
+    ValueError: an option is out of range (the message names it).
+  """
+  checks = [("train_size", train_size, 1), ("test_size", test_size, 1), ("seed", seed, 0)]
+  for name, value, minimum in checks:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+      raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+  # Validate the task options once, on a single tiny example.
+  mqar(seed=2 * seed, n=1, seq_len=seq_len, vocab=vocab, num_pairs=num_pairs, power_a=power_a)
+  power_a = float(power_a)
+  name = f"T{seq_len}_V{vocab}_P{num_pairs}_a{power_a!r}_n{train_size}-{test_size}_s{seed}"
+  return MQARConfig(
+    name=name,
+    version=_VERSION,
+    description=f"MQAR: seq_len={seq_len}, vocab={vocab}, num_pairs={num_pairs}, "
+    f"power_a={power_a}, train_size={train_size}, test_size={test_size}, seed={seed}",
+    seq_len=int(seq_len),
+    vocab=int(vocab),
+    num_pairs=int(num_pairs),
+    train_size=int(train_size),
+    test_size=int(test_size),
+    seed=int(seed),
+    power_a=power_a,
+  )
+
+
+class MQARBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Multi-query associative recall as a tfds dataset (splits ``train`` and ``test``).
+
+  Each example: ``inputs`` int32 ``[seq_len]``, ``targets`` int32 ``[seq_len]``, ``mask`` bool
+  ``[seq_len]`` — one row of ``miras_jax.data.synthetic.mqar`` (generated in memory per split:
+  about ``9 * seq_len`` bytes per example). Build it with ``prepare("mqar", data_dir, **options)``
+  or ``MQARBuilder(data_dir=…, config=mqar_config(…), file_format="array_record")``.
+  """
+
+  name = "mqar"
+  code_path = _CODE_PATH
+  VERSION = _VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, MQARConfig):
+      raise ValueError(f"config: expected an MQARConfig (see mqar_config), got {cfg!r}")
+    shape = (cfg.seq_len,)
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="Zoology-style multi-query associative recall (miras_jax.data.synthetic.mqar).",
+      features=tfds.features.FeaturesDict(
+        {
+          "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
+          "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
+          "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    return {
+      "train": self._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
+      "test": self._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
+    }
+
+  def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    cfg = self.builder_config
+    data = mqar(seed, n, cfg.seq_len, cfg.vocab, cfg.num_pairs, cfg.power_a)
+    for i in range(n):
+      yield i, {k: v[i] for k, v in data.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Text corpus
+
+
+@dataclasses.dataclass(kw_only=True)
+class TextCorpusConfig(tfds.core.BuilderConfig):
+  """Options of ``TextCorpusBuilder``: the corpus directory, document size cap, held-out fraction."""
+
+  corpus_dir: str = ""
+  max_doc_bytes: int | None = None
+  validation_fraction: float = 0.05
+
+
+def _corpus_files(corpus_dir: Path) -> list[tuple[str, Path]]:
+  """``(relative posix path, path)`` of every non-empty ``*.txt`` under ``corpus_dir``, sorted."""
+  files = [p for p in corpus_dir.rglob("*.txt") if p.is_file() and p.stat().st_size > 0]
+  return sorted((p.relative_to(corpus_dir).as_posix(), p) for p in files)
+
+
+def _unit_hash(*parts: Any) -> float:
+  """A deterministic number in [0, 1) from ``parts`` (sha256, independent of PYTHONHASHSEED)."""
+  digest = hashlib.sha256(json.dumps(parts).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _assign_splits(
+  pieces: list[tuple[str, int]], validation_fraction: float
+) -> dict[tuple[str, int], str]:
+  """Maps each ``(file, piece)`` to ``"train"`` or ``"validation"``, deterministically.
+
+  A piece goes to validation iff ``_unit_hash(file, piece) < validation_fraction``. With at least
+  two pieces both splits are made non-empty: if one is empty, the piece with the smallest
+  (resp. largest) hash moves to validation (resp. train).
+  """
+  hashes = {p: _unit_hash(*p) for p in pieces}
+  split = {p: "validation" if h < validation_fraction else "train" for p, h in hashes.items()}
+  if len(pieces) >= 2:
+    if "validation" not in split.values():
+      split[min(hashes, key=hashes.get)] = "validation"
+    if "train" not in split.values():
+      split[max(hashes, key=hashes.get)] = "train"
+  return split
+
+
+def _corpus_pieces(corpus_dir: Path, max_doc_bytes: int | None) -> list[tuple[str, int]]:
+  pieces = []
+  for rel, path in _corpus_files(corpus_dir):
+    size = path.stat().st_size
+    count = 1 if max_doc_bytes is None else math.ceil(size / max_doc_bytes)
+    pieces.extend((rel, i) for i in range(count))
+  return pieces
+
+
+def text_corpus_config(
+  *,
+  corpus_dir: str | os.PathLike,
+  max_doc_bytes: int | None = None,
+  validation_fraction: float = 0.05,
+) -> TextCorpusConfig:
+  """Returns the validated ``TextCorpusConfig`` for a directory of ``.txt`` files.
+
+  The name is ``{dir name}_{max_doc_bytes or "file"}_v{validation_fraction}_{fingerprint}``, where
+  the fingerprint (12 hex digits of a sha256) covers the absolute corpus path, the options and every
+  file's relative path, size and mtime: editing the corpus or changing an option gives a new
+  directory instead of silently reusing stale data.
+
+  Args:
+    corpus_dir: directory searched recursively for non-empty ``*.txt`` files.
+    max_doc_bytes: ``None`` for one document per file, else files are cut into consecutive pieces
+      of at most this many bytes (byte boundaries, so a UTF-8 character may straddle two pieces).
+    validation_fraction: expected fraction of documents held out in ``validation``, in ``(0, 1)``.
+
+  Raises:
+    ValueError: ``corpus_dir`` is missing or yields fewer than two documents, or an option is out
+      of range (the message names it).
+  """
+  root = Path(corpus_dir).expanduser().resolve()
+  if not root.is_dir():
+    raise ValueError(f"corpus_dir: expected an existing directory of .txt files, got {root}")
+  if max_doc_bytes is not None and (
+    isinstance(max_doc_bytes, bool)
+    or not isinstance(max_doc_bytes, numbers.Integral)
+    or max_doc_bytes < 1
+  ):
+    raise ValueError(f"max_doc_bytes: expected None or an integer >= 1, got {max_doc_bytes!r}")
+  if (
+    isinstance(validation_fraction, bool)
+    or not isinstance(validation_fraction, numbers.Real)
+    or not 0.0 < validation_fraction < 1.0
+  ):
+    raise ValueError(
+      f"validation_fraction: expected a float in (0, 1), got {validation_fraction!r}"
+    )
+  files = _corpus_files(root)
+  if not files:
+    raise ValueError(f"corpus_dir: expected non-empty *.txt files under {root}, found none")
+  pieces = _corpus_pieces(root, max_doc_bytes)
+  if len(pieces) < 2:
+    raise ValueError(
+      f"corpus_dir: {root} yields {len(pieces)} document(s) with max_doc_bytes={max_doc_bytes}; "
+      "need at least 2 to hold one out for validation (add files or lower max_doc_bytes)"
+    )
+  listing = [(rel, p.stat().st_size, p.stat().st_mtime_ns) for rel, p in files]
+  fingerprint = hashlib.sha256(
+    json.dumps([str(root), max_doc_bytes, float(validation_fraction), listing]).encode()
+  ).hexdigest()[:12]
+  slug = re.sub(r"[^\w\-]+", "-", root.name).strip("-") or "corpus"
+  size = "file" if max_doc_bytes is None else str(int(max_doc_bytes))
+  return TextCorpusConfig(
+    name=f"{slug}_{size}_v{float(validation_fraction)!r}_{fingerprint}",
+    version=_VERSION,
+    description=f"Byte-level text corpus from {root} ({len(files)} files, {len(pieces)} "
+    f"documents, max_doc_bytes={max_doc_bytes}, validation_fraction={validation_fraction})",
+    corpus_dir=str(root),
+    max_doc_bytes=None if max_doc_bytes is None else int(max_doc_bytes),
+    validation_fraction=float(validation_fraction),
+  )
+
+
+class TextCorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A local directory of ``.txt`` files as byte-level documents (splits ``train``/``validation``).
+
+  Each example: ``tokens`` int32 ``[L]`` (the document's bytes, ``ByteTokenizer``, ``1 <= L <=
+  max_doc_bytes``), ``file`` (the relative posix path, bytes when read back) and ``piece`` (int32
+  index of the piece within its file). Concatenating a file's pieces in ``piece`` order, across both
+  splits, gives the file's bytes exactly. The split of a piece depends only on ``(file, piece)``
+  (sha256), so it is stable across machines and runs (see ``_assign_splits``).
+  """
+
+  name = "text_corpus"
+  code_path = _CODE_PATH
+  VERSION = _VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, TextCorpusConfig):
+      raise ValueError(f"config: expected a TextCorpusConfig (see text_corpus_config), got {cfg!r}")
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="Byte-level documents from a local directory of .txt files.",
+      features=tfds.features.FeaturesDict(
+        {
+          "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+          "file": tfds.features.Text(),
+          "piece": tfds.features.Scalar(dtype=np.int32),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    root = Path(cfg.corpus_dir)
+    split = _assign_splits(_corpus_pieces(root, cfg.max_doc_bytes), cfg.validation_fraction)
+    return {
+      name: self._generate_examples(root=root, split=split, which=name)
+      for name in ("train", "validation")
+    }
+
+  def _generate_examples(
+    self, root: Path, split: dict[tuple[str, int], str], which: str
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    cfg = self.builder_config
+    tok = ByteTokenizer()
+    for rel, path in _corpus_files(root):
+      data = path.read_bytes()
+      step = cfg.max_doc_bytes or len(data)
+      for piece, start in enumerate(range(0, len(data), step)):
+        if split.get((rel, piece)) != which:
+          continue
+        tokens = tok.encode(data[start : start + step])
+        yield f"{rel}:{piece}", {"tokens": tokens, "file": rel, "piece": piece}
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare
+
+
+def _build(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
+def prepare(name: str, data_dir: str | os.PathLike, **options: Any) -> tfds.core.DatasetBuilder:
+  """Prepares dataset ``name`` under ``data_dir`` (offline) and returns its tfds builder.
+
+  - ``"mqar"``: builds ``MQARBuilder`` with ``mqar_config(**options)`` (options ``seq_len``,
+    ``vocab``, ``num_pairs``, ``train_size``, ``test_size``, ``seed``, ``power_a``).
+  - ``"text_corpus"``: builds ``TextCorpusBuilder`` with ``text_corpus_config(**options)``
+    (``corpus_dir`` required; ``max_doc_bytes``, ``validation_fraction``).
+  - any other name is a tfds catalog dataset (``"lm1b"``, ``"c4/en:3.0.1"``, …), opened with
+    ``tfds.builder(name, data_dir=data_dir, file_format="array_record", **options)``; it must already
+    be prepared there in a random-access format (array_record), since nothing is downloaded.
+
+  Preparing is idempotent: already-prepared data is reused. Read the result with
+  ``builder.as_data_source()[split]`` (random access, no TensorFlow) and feed it to
+  ``miras_jax.data.make_loader``.
+
+  Args:
+    name: ``"mqar"``, ``"text_corpus"`` or a tfds catalog name.
+    data_dir: the tfds data directory (created if needed for the local builders).
+    **options: the builder options above.
+
+  Returns:
+    The prepared ``tfds.core.DatasetBuilder``.
+
+  Raises:
+    ValueError: unknown option, option out of range, unknown catalog dataset, or a catalog dataset
+      not prepared (or not in array_record) under ``data_dir``.
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"name: expected a non-empty dataset name, got {name!r}")
+  data_dir = os.fspath(Path(data_dir).expanduser())
+  if name in ("mqar", "text_corpus"):
+    make_config = mqar_config if name == "mqar" else text_corpus_config
+    cls = MQARBuilder if name == "mqar" else TextCorpusBuilder
+    fields = {
+      f.name for f in dataclasses.fields(MQARConfig if name == "mqar" else TextCorpusConfig)
+    }
+    allowed = sorted(fields - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+      raise ValueError(
+        f"options: {unknown} are not options of {name!r}; expected some of {allowed}"
+      )
+    if name == "text_corpus" and "corpus_dir" not in options:
+      raise ValueError("corpus_dir: required option of 'text_corpus' (a directory of .txt files)")
+    config = make_config(**options)
+    return _build(cls(data_dir=data_dir, config=config, file_format=_FILE_FORMAT))
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT, **options)
+  except tfds.core.DatasetNotFoundError as e:
+    raise ValueError(
+      f"name: {name!r} is neither 'mqar', 'text_corpus' nor a tfds catalog dataset "
+      f"(nor prepared under data_dir={data_dir!r})"
+    ) from e
+  if not builder.is_prepared():
+    raise ValueError(
+      f"name: tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (expected "
+      f"{builder.data_path}); this runs offline and never downloads: prepare it where there is "
+      f"internet (`tfds build {name.split('/')[0]} --data_dir=… --file_format=array_record`) "
+      "and copy the directory here"
+    )
+  file_format = builder.info.file_format
+  if file_format not in tfds.core.file_adapters.FileFormat.with_random_access():
+    raise ValueError(
+      f"name: tfds dataset {name!r} under data_dir={data_dir!r} is stored as {file_format}, "
+      "which needs TensorFlow to read; expected array_record (rebuild with "
+      "--file_format=array_record)"
+    )
+  return builder

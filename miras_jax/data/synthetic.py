@@ -1,0 +1,123 @@
+"""Synthetic tasks in numpy: multi-query associative recall (MQAR, Zoology; Arora et al. 2023)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+  return int(value)
+
+
+def _distinct_rows(rng: np.random.Generator, n: int, k: int, pool: int) -> np.ndarray:
+  """``[n, k]`` ints in ``[0, pool)``, each row ``k`` distinct values, uniform over ordered tuples.
+
+  Draws rows with replacement and redraws the rows that repeat a value without replacement; both
+  are uniform over ordered distinct tuples, so the mixture is too (and it is fast when k² << pool).
+  """
+  out = rng.integers(0, pool, size=(n, k))
+  srt = np.sort(out, axis=1)
+  for i in np.flatnonzero(np.any(srt[:, 1:] == srt[:, :-1], axis=1)):
+    out[i] = rng.choice(pool, size=k, replace=False)
+  return out
+
+
+def mqar(
+  seed: int,
+  n: int,
+  seq_len: int,
+  vocab: int,
+  num_pairs: int,
+  power_a: float = 0.01,
+) -> dict[str, np.ndarray]:
+  """Zoology-style multi-query associative recall (MQAR), deterministic by ``seed``.
+
+  Layout of one sequence (``P = num_pairs``, ``T = seq_len``, ``S = (T - 2P) // 2`` query slots)::
+
+    position:  0   1   2   3  ...  2P-2 2P-1 | 2P  2P+1 2P+2 2P+3 ...           T-1
+    inputs:    k1  v1  k2  v2 ...  kP   vP   | 0   0    kj   0    ...  ki  0 ... 0
+                  key-value prompt           |  query region: slot g is position 2P + 2g
+
+  - Keys are drawn from ``[1, vocab // 2)``, values from ``[vocab // 2, vocab)`` (disjoint halves);
+    within one sequence the ``P`` keys are distinct and so are the ``P`` values. Token ``0`` is
+    reserved: it fills every position of the query region that is not a query key (no random noise,
+    unlike Zoology's ``random_non_queries``).
+  - Every key is queried exactly once, in query slot ``g`` (position ``2P + 2g``, ``0 <= g < S``).
+    The ``P`` slots are drawn without replacement with ``p(g) ∝ (g + 1) ** (power_a - 1)``, the
+    Zoology power law on the gap from the end of the prompt; as in Zoology the draws are sequential
+    (the slot of key ``i`` is the ``i``-th draw, done here by Gumbel top-k), so small ``power_a``
+    puts most queries just after the prompt.
+  - ``targets`` are next-token targets: ``targets[t] = inputs[t + 1]`` (``targets[T-1] = 0``) except
+    at a query position ``t``, where ``targets[t]`` is the value paired with the key ``inputs[t]`` in
+    the prompt. The token after a query key is ``0``, i.e. the value is never shown: the model reading
+    the query key must emit its value as the next token.
+  - ``mask`` is True exactly at the ``P`` query positions of each row.
+
+  Args:
+    seed: non-negative integer seed of ``np.random.default_rng``; equal seeds give equal outputs.
+    n: number of sequences (``>= 1``).
+    seq_len: sequence length ``T``; must satisfy ``T >= 4 * num_pairs`` (so that ``S >= P``).
+    vocab: vocabulary size; keys need ``vocab // 2 - 1 >= num_pairs``.
+    num_pairs: number of key-value pairs ``P`` (``>= 1``), also the number of queries.
+    power_a: exponent ``a > 0`` of the gap law ``p(g) ∝ g ** (a - 1)`` (1 is uniform).
+
+  Returns:
+    ``{"inputs": int32 [n, T], "targets": int32 [n, T], "mask": bool [n, T]}``.
+
+  Raises:
+    ValueError: an argument is out of range (the message names it).
+  """
+  seed = _check_int("seed", seed, 0)
+  n = _check_int("n", n, 1)
+  num_pairs = _check_int("num_pairs", num_pairs, 1)
+  seq_len = _check_int("seq_len", seq_len, 1)
+  vocab = _check_int("vocab", vocab, 1)
+  if seq_len < 4 * num_pairs:
+    raise ValueError(
+      f"seq_len: expected >= 4 * num_pairs = {4 * num_pairs} (prompt of 2 * num_pairs tokens and "
+      f"num_pairs query slots of 2 tokens), got {seq_len}"
+    )
+  if vocab // 2 - 1 < num_pairs:
+    raise ValueError(
+      f"vocab: expected vocab // 2 - 1 >= num_pairs = {num_pairs} distinct keys in [1, vocab // 2), "
+      f"i.e. vocab >= {2 * (num_pairs + 1)}, got {vocab}"
+    )
+  if isinstance(power_a, bool) or not isinstance(power_a, numbers.Real):
+    raise ValueError(f"power_a: expected a finite float > 0, got {power_a!r}")
+  if not (math.isfinite(power_a) and power_a > 0):
+    raise ValueError(f"power_a: expected a finite float > 0, got {power_a}")
+
+  rng = np.random.default_rng(seed)
+  p = num_pairs
+  half = vocab // 2
+  n_slots = (seq_len - 2 * p) // 2
+
+  keys = 1 + _distinct_rows(rng, n, p, half - 1)
+  values = half + _distinct_rows(rng, n, p, vocab - half)
+
+  # Sequential sampling without replacement with probabilities ∝ w: Gumbel top-k, in score order.
+  log_w = (power_a - 1.0) * np.log(np.arange(1, n_slots + 1, dtype=np.float64))
+  scores = log_w + rng.gumbel(size=(n, n_slots))
+  top = np.argpartition(-scores, p - 1, axis=1)[:, :p]
+  order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+  slots = np.take_along_axis(top, order, axis=1)  # [n, P]: slot of key i is slots[:, i]
+
+  inputs = np.zeros((n, seq_len), dtype=np.int32)
+  inputs[:, 0 : 2 * p : 2] = keys
+  inputs[:, 1 : 2 * p : 2] = values
+  query_pos = 2 * p + 2 * slots
+  np.put_along_axis(inputs, query_pos, keys.astype(np.int32), axis=1)
+
+  targets = np.zeros_like(inputs)
+  targets[:, :-1] = inputs[:, 1:]
+  np.put_along_axis(targets, query_pos, values.astype(np.int32), axis=1)
+  mask = np.zeros((n, seq_len), dtype=bool)
+  np.put_along_axis(mask, query_pos, True, axis=1)
+  return {"inputs": inputs, "targets": targets, "mask": mask}
