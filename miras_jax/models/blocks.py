@@ -31,6 +31,7 @@ def neural_memory(c, rngs: nnx.Rngs) -> NeuralMemory:
     chunk_size=c.chunk_size,
     conv_kernel=c.conv_kernel,
     gate_rank=c.gate_rank,
+    max_lr=c.max_lr or None,
     rngs=rngs,
   )
 

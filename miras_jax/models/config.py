@@ -85,6 +85,9 @@ class MemoryFields(LMConfig):
   chunk_size: int = 64  # chunk size b of the memory's parallel training form
   gate_rank: int = 32  # rank r of the low-rank gate projections
   conv_kernel: int = 4  # taps of the short causal convolution on q, k, v
+  max_lr: float = (
+    0.0  # cap of the inner learning rate η = max_lr·σ(·) (0: 1 linear, 0.1 MLP memory)
+  )
 
   def _check(self):
     for name in ("chunk_size", "gate_rank", "conv_kernel"):

@@ -47,7 +47,14 @@ _GATES = {
 
 
 class NeuralMemory(nnx.Module):
-  """Multi-head memory block for any preset (``presets.get(preset, **preset_options)``)."""
+  """Multi-head memory block for any preset (``presets.get(preset, **preset_options)``).
+
+  Gates: η = max_lr · σ(·), α and μ = σ(·), δ = softplus(·), each from a rank-``gate_rank``
+  projection of x. ``max_lr`` defaults to 1 for linear memories (the delta rule is stable for
+  η‖k‖² < 2 with unit keys) and 0.1 for MLP memories: measured on MQAR, a 2-layer Titans memory
+  with η up to 0.6 and μ near 0.99 diverged within a 64-token sequence (weights ~1e20) a few
+  optimizer steps into training.
+  """
 
   def __init__(
     self,
@@ -60,6 +67,7 @@ class NeuralMemory(nnx.Module):
     chunk_size: int = 64,
     conv_kernel: int = 4,
     gate_rank: int = 32,
+    max_lr: float | None = None,
     rngs: nnx.Rngs,
   ):
     self.rule = mj.presets.get(preset, **(preset_options or {}))
@@ -68,6 +76,12 @@ class NeuralMemory(nnx.Module):
     if isinstance(self.rule.algorithm, mj.algorithms.MultiStepGD):
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size
+    if max_lr is None:  # a deep memory's inner GD diverges at steps a linear memory takes
+      max_lr = 0.1 if isinstance(self.rule.memory, mj.MLPMemory) else 1.0
+    if max_lr <= 0:
+      raise ValueError(f"max_lr must be > 0; got {max_lr}")
+    self.max_lr = float(max_lr)
+    self.record_gates = False  # set by a monitoring probe to sow the gate activations
     inner = heads * head_dim
     self.q = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
     self.k = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
@@ -153,9 +167,15 @@ class NeuralMemory(nnx.Module):
     for name in self.gate_names:
       act = _GATES[name][0]
       raw = act(self.gates[name](x))  # [B, T, H] or [B, T, H·D]
+      if name == "lr":
+        raw = raw * self.max_lr
       raw = raw.reshape(b, t, h, -1).transpose(0, 2, 1, 3)  # [B, H, T, 1 | D]
       gates[name] = raw[..., 0] if raw.shape[-1] == 1 else raw
     g = mj.Gates(**gates)
+    if self.record_gates:  # monitoring: nnx.Intermediate, collected with nnx.pop (not in a scan)
+      self.sow(
+        nnx.Intermediate, "gate_values", {n: jax.lax.stop_gradient(a) for n, a in gates.items()}
+      )
 
     def one(st, q, k, v, g):
       return mj.chunked(self.rule, st, q, k, v, g, chunk_size=self.chunk_size)

@@ -1,0 +1,14 @@
+"""Titans MAL (memory as a layer, Eq 29–31).
+
+Sizes: tiny (default, CPU), 170m, 340m, 760m, 1.3b. Language modelling on the local text corpus
+(Tiny Shakespeare unless --config.data.options.corpus_dir=DIR or --config.data.name=<tfds name>).
+
+  python -m experiments.train --config=configs/titans_mal.py:tiny --workdir=/tmp/titans_mal
+  python -m experiments.train --config=configs/titans_mal.py:340m --workdir=DIR --config.mesh.fsdp=8
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+  return common.model_config("titans_mal", arg, preset="titans_lmm")

@@ -1,0 +1,302 @@
+"""The training loop: mesh → sharded init or restore → jitted, donated steps → metrics, evaluation,
+Orbax checkpoints; resumes from ``WORKDIR/checkpoints`` and saves on SIGTERM.
+
+``train(config, workdir)`` is what ``python -m experiments.train`` runs. Layout of ``workdir``::
+
+  checkpoints/    Orbax checkpoints (params, optimizer state, step; data iterator positions)
+  tensorboard/    TensorBoard event files
+  metrics.jsonl   one JSON object per logged step (``step``, ``loss``, …) and per evaluation
+  summary.json    the final summary (also printed)
+  tfds/           prepared datasets, unless ``data.data_dir`` is set
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from miras_jax import data as mdata
+from miras_jax import models
+from miras_jax.models.blocks import MACBlock
+from miras_jax.nn.memory import NeuralMemory
+from miras_jax.train import mesh as mesh_lib
+from miras_jax.train.checkpoint import Checkpointer
+from miras_jax.train.metrics import (
+  MetricsWriter,
+  Progress,
+  gate_statistics,
+  lm_flops_per_token,
+  mfu,
+  peak_flops_per_device,
+)
+from miras_jax.train.optimizer import make_optimizer, schedule
+from miras_jax.train.settings import RunSettings, settings_from_config
+from miras_jax.train.step import TrainState, make_eval_step, make_train_step
+
+
+def _workdir(path: str) -> Path:
+  workdir = Path(path).expanduser().resolve()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write-probe-{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"workdir {str(workdir)!r} is not writable: {e}") from e
+  return workdir
+
+
+def _sources(run: RunSettings, workdir: Path):
+  d = run.data
+  data_dir = d.data_dir or str(workdir / "tfds")
+  builder = mdata.prepare(d.name, data_dir, **d.options)
+  sources = builder.as_data_source()
+  for split in (d.train_split, d.eval_split):
+    if split not in sources:
+      raise ValueError(f"data: split {split!r} not in {d.name!r} (has {sorted(sources)})")
+  return sources[d.train_split], sources[d.eval_split]
+
+
+def _loader(source, run: RunSettings, *, seed: int, eval_: bool):
+  n_proc = jax.process_count()
+  return mdata.make_loader(
+    source,
+    batch_size=run.train.batch_size // n_proc,
+    seed=seed,
+    shuffle=not eval_,
+    shard_index=jax.process_index(),
+    shard_count=n_proc,
+    num_epochs=1 if eval_ else None,
+    pack_len=run.data.pack_len or None,
+    drop_remainder=True,
+  )
+
+
+def _gather_json(obj) -> list:
+  """Every process's JSON-able ``obj``, in process order (a collective)."""
+  if jax.process_count() == 1:
+    return [obj]
+  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size])))[:, 0]
+  buf = np.zeros(int(sizes.max()), np.uint8)
+  buf[: raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(buf))
+  return [json.loads(bytes(rows[i, : sizes[i]]).decode()) for i in range(len(sizes))]
+
+
+def build(run: RunSettings, mesh):
+  """Model graph, optimizer, abstract sharded train state and its shardings."""
+  m = run.model
+  model_config = models.config(m.name, m.size, **m.overrides)
+  abstract_model = nnx.eval_shape(lambda: models.get(m.name, model_config, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract_model)
+  specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
+  tx = make_optimizer(run.optimizer, run.train.steps)
+
+  def init(key):
+    model = models.get(m.name, model_config, rngs=nnx.Rngs(key))
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  param_sh = mesh_lib.tree_shardings(abstract.params, specs, mesh, run.mesh.rules)
+  replicated = mesh_lib.replicated(mesh)
+  opt_sh = optax.tree_map_params(
+    tx, lambda _, s: s, abstract.opt_state, param_sh, transform_non_params=lambda _: replicated
+  )
+  shardings = TrainState(param_sh, opt_sh, replicated)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+  return model_config, graphdef, tx, init, abstract, shardings
+
+
+class _Stop:
+  """SIGTERM → finish the current step, checkpoint, exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM: saving a checkpoint after this step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+  """Trains as ``config`` says, resuming from ``workdir``'s latest checkpoint; returns the summary."""
+  run = settings_from_config(config)
+  workdir = _workdir(workdir)
+  t = run.train
+  mesh = mesh_lib.make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
+  dp = mesh_lib.data_parallel_size(mesh)
+  micro = t.batch_size // t.grad_accum
+  if micro % dp:
+    raise ValueError(
+      f"train.batch_size / train.grad_accum = {micro} is not divisible by the data-parallel size "
+      f"data × fsdp = {dp}"
+    )
+  if t.batch_size % jax.process_count():
+    raise ValueError(
+      f"train.batch_size ({t.batch_size}) must be divisible by the {jax.process_count()} processes"
+    )
+  model_config, graphdef, tx, init, abstract, shardings = build(run, mesh)
+  if run.data.name == "mqar" and run.data.options.get("vocab", 0) > model_config.vocab:
+    raise ValueError(
+      f"data.options.vocab ({run.data.options['vocab']}) exceeds the model's vocab "
+      f"({model_config.vocab}); set model.overrides.vocab"
+    )
+  train_source, eval_source = _sources(run, workdir)
+  loader = _loader(train_source, run, seed=t.seed, eval_=False)
+  batch_sh = mesh_lib.batch_sharding(mesh)
+
+  checkpoints = Checkpointer(str(workdir / "checkpoints"), keep=t.keep_checkpoints,
+                             async_save=t.async_checkpoints)  # fmt: skip
+  writer = MetricsWriter(str(workdir))
+  restored = checkpoints.restore(abstract)
+  if restored is None:
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(t.seed))
+    start = 0
+    logging.info("initialised a new run in %s", workdir)
+  else:
+    start, state, extra = restored
+    loader.set_state(extra["data"][jax.process_index()])
+    writer.truncate_after(start)
+    logging.info("resumed from step %d in %s", start, workdir)
+
+  train_step = jax.jit(
+    make_train_step(graphdef, tx, t.grad_accum),
+    in_shardings=(shardings, batch_sh),
+    out_shardings=(shardings, mesh_lib.replicated(mesh)),
+    donate_argnums=0,
+  )
+  eval_step = jax.jit(
+    make_eval_step(graphdef),
+    in_shardings=(shardings.params, batch_sh),
+    out_shardings=mesh_lib.replicated(mesh),
+  )
+  lr = schedule(run.optimizer, t.steps)
+
+  def to_global(batch):
+    return {
+      k: jax.make_array_from_process_local_data(batch_sh, np.asarray(v)) for k, v in batch.items()
+    }
+
+  def evaluate(params) -> dict[str, float]:
+    sums = np.zeros(3)
+    eval_loader = _loader(eval_source, run, seed=t.seed, eval_=True)
+    for _, batch in zip(range(t.eval_batches), eval_loader, strict=False):
+      sums += np.asarray(eval_step(params, to_global(batch)))
+    n = max(sums[2], 1.0)
+    return {"eval/loss": sums[0] / n, "eval/accuracy": sums[1] / n, "eval/perplexity": float(np.exp(min(sums[0] / n, 50.0))), "eval/tokens": sums[2]}  # fmt: skip
+
+  seq_len = int(np.prod(abstract_batch_shape(train_source, run)[1:]))
+  tokens_per_step = t.batch_size * seq_len
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  window = getattr(model_config, "window", None) or getattr(model_config, "segment", 0)
+  flops = lm_flops_per_token(n_params, model_config.layers, model_config.dim, seq_len, window)
+  progress = Progress(t.steps, tokens_per_step=tokens_per_step, every=t.log_every, start_step=start)
+  probe = jax.jit(_gate_probe(graphdef), in_shardings=(shardings.params, batch_sh))
+  last_eval: dict[str, float] = {}
+  status = "completed"
+  with _Stop() as stop:
+    for step in range(start, t.steps):
+      batch = next(loader)
+      batch = to_global(batch)
+      state, metrics = train_step(state, batch)
+      done = step + 1
+      final = done == t.steps
+      if done % t.log_every == 0 or final:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars["lr"] = float(lr(step))
+        scalars.update(gate_statistics(jax.device_get(probe(state.params, batch))))
+        progress.update(done, scalars["loss"], {"acc": scalars["accuracy"]})
+        rate = progress.tokens_per_second()
+        if rate:
+          scalars["tokens_per_second"] = rate
+          util = mfu(rate, flops, _peak(mesh))
+          if util is not None:
+            scalars["mfu"] = util
+        writer.write(done, scalars)
+      if (t.eval_every and done % t.eval_every == 0) or final:
+        last_eval = evaluate(state.params)
+        writer.write(done, last_eval)
+        logging.info("step %d: %s", done, last_eval)
+      if done % t.checkpoint_every == 0 or final or stop.requested:
+        positions = _gather_json(loader.get_state())
+        checkpoints.save(done, state, {"data": positions, "step": done})
+      if stop.requested and not final:
+        status = "preempted"
+        break
+  checkpoints.wait()
+  checkpoints.close()
+  writer.close()
+  summary = {
+    "status": status,
+    "step": int(jax.device_get(state.step)),
+    "model": run.model.name,
+    "params": n_params,
+    **{k: float(v) for k, v in last_eval.items()},
+    **progress.summary(),
+  }
+  if jax.process_index() == 0:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary), file=sys.stdout, flush=True)
+  return summary
+
+
+def _gate_probe(graphdef):
+  """Gate activations of every memory block on a batch (not inside MAC's segment scan):
+  ``{gate name: [all values]}`` for ``gate_statistics``."""
+
+  def probe(params, batch):
+    model = nnx.merge(graphdef, params)
+    in_scan = {id(b.memory) for _, b in nnx.iter_modules(model) if isinstance(b, MACBlock)}
+    for _, module in nnx.iter_modules(model):
+      if isinstance(module, NeuralMemory) and id(module) not in in_scan:
+        module.record_gates = True
+    model(batch["inputs"])
+    values: dict[str, list] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.pop(model, nnx.Intermediate)):
+      values.setdefault(str(path[-1].key), []).append(leaf.reshape(-1))
+    return {name: jnp.concatenate(v) for name, v in values.items()}
+
+  return probe
+
+
+def _peak(mesh) -> float | None:
+  peak = peak_flops_per_device(mesh.devices.flat[0])
+  return None if peak is None else peak * mesh.devices.size
+
+
+def abstract_batch_shape(source, run: RunSettings) -> tuple[int, int]:
+  """``[B, T]`` of a training batch (T from pack_len, or from the first record)."""
+  if run.data.pack_len:
+    return (run.train.batch_size, run.data.pack_len)
+  return (run.train.batch_size, int(np.asarray(source[0]["inputs"]).shape[0]))
+
+
+__all__ = ["abstract_batch_shape", "build", "train"]
