@@ -278,9 +278,9 @@ def _gate_probe(graphdef):
     for _, module in nnx.iter_modules(model):
       if isinstance(module, NeuralMemory) and id(module) not in in_scan:
         module.record_gates = True
-    model(batch["inputs"])
+    _, sown = nnx.capture(model, nnx.Intermediate)(batch["inputs"])
     values: dict[str, list] = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.pop(model, nnx.Intermediate)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(sown):
       values.setdefault(str(path[-1].key), []).append(leaf.reshape(-1))
     return {name: jnp.concatenate(v) for name, v in values.items()}
 

@@ -56,8 +56,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
     metrics = {
       "loss": tot[0] / count,
       "accuracy": tot[1] / count,
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
       "tokens": tot[2],
     }
     return TrainState(params, opt_state, state.step + 1), metrics

@@ -1,0 +1,228 @@
+r"""Ahead-of-time compile check of a run's train step on a fake CPU mesh: does it shard and fit?
+
+  python -m experiments.compile_check --config=configs/moneta.py:340m --mesh=data:4,fsdp:2
+  python -m experiments.compile_check --config=configs/mqar.py --mesh=data:2,fsdp:2,tensor:2 \
+    --config.train.batch_size=8
+
+Builds the mesh (``data × fsdp × tensor`` fake CPU devices: ``XLA_FLAGS`` and ``JAX_PLATFORMS``
+are set before jax is imported), the abstract sharded train state (``miras_jax.train.loop.build``)
+and an abstract global batch (``train.batch_size`` × ``data.pack_len``, or × MQAR's
+``data.options.seq_len``), then lowers and compiles the jitted, donated train step exactly as the
+training loop does. Nothing is allocated or run and no dataset is prepared. Prints one JSON object:
+the model and its parameter count, the mesh, the per-device bytes of the parameters and optimizer
+state (from their shardings), XLA's ``memory_analysis()`` of the compiled step (per device) and the
+lowering and compile times.
+
+``--mesh``: comma-separated ``axis:size`` with axes ``data``, ``fsdp``, ``tensor`` (sizes >= 1; an
+axis left out is 1). ``--config.x.y=v`` overrides the config as for ``experiments.train``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+AXES = ("data", "fsdp", "tensor")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "run config file[:arg]", lock_config=True)
+_MESH = flags.DEFINE_string(
+  "mesh", None, "the fake device mesh, e.g. data:4,fsdp:2[,tensor:1] (an axis left out is 1)"
+)
+flags.mark_flags_as_required(["config", "mesh"])
+
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """``"data:4,fsdp:2"`` → ``{"data": 4, "fsdp": 2, "tensor": 1}``; ValueError says what is wrong."""
+  example = "expected comma-separated axis:size such as data:4,fsdp:2,tensor:1"
+  if not text or not text.strip():
+    raise ValueError(f"--mesh is empty; {example}")
+  sizes: dict[str, int] = {}
+  for part in text.split(","):
+    part = part.strip()
+    name, sep, value = part.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+      raise ValueError(f"--mesh={text!r}: {part!r} is not axis:size; {example}")
+    if name not in AXES:
+      raise ValueError(f"--mesh={text!r}: unknown axis {name!r}; axes are {', '.join(AXES)}")
+    if name in sizes:
+      raise ValueError(f"--mesh={text!r}: axis {name!r} given twice")
+    if not re.fullmatch(r"\d+", value) or int(value) < 1:
+      raise ValueError(f"--mesh={text!r}: size of {name!r} must be an integer >= 1; got {value!r}")
+    sizes[name] = int(value)
+  return {axis: sizes.get(axis, 1) for axis in AXES}
+
+
+def _check_mesh_flag(value: str | None) -> bool:
+  if value is not None:
+    try:
+      parse_mesh(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from e
+  return True
+
+
+flags.register_validator("mesh", _check_mesh_flag)
+
+
+def _use_fake_cpu_devices(n: int) -> None:
+  """Points jax at ``n`` fake CPU devices; must run before jax's backend starts."""
+  kept = [
+    f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_COUNT_FLAG)
+  ]
+  os.environ["XLA_FLAGS"] = " ".join([*kept, f"{_DEVICE_COUNT_FLAG}={n}"])
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  if "jax" in sys.modules:  # imported by something else: its config has read the env already
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+      raise RuntimeError(
+        "jax's backend started before compile_check could set up the fake CPU devices"
+      )
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+def _seq_len(run) -> int:
+  d = run.data
+  if d.pack_len:
+    return int(d.pack_len)
+  if "seq_len" in d.options:
+    return int(d.options["seq_len"])
+  raise ValueError(
+    f"cannot tell the sequence length of {d.name!r} without its data: set data.pack_len or "
+    "data.options.seq_len"
+  )
+
+
+def _memory_stats(compiled) -> dict[str, int]:
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  names = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+    "peak_memory_in_bytes",
+  )
+  out = {n: int(getattr(stats, n)) for n in names if hasattr(stats, n)}
+  if {"argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"} <= set(out):
+    # What the device holds at once: inputs, outputs not aliased to (donated) inputs, temporaries.
+    out["total_in_bytes"] = (
+      out["argument_size_in_bytes"]
+      + out["output_size_in_bytes"]
+      - out.get("alias_size_in_bytes", 0)
+      + out["temp_size_in_bytes"]
+    )
+  return out
+
+
+def _gib(n: float) -> float:
+  return round(n / 2**30, 3)
+
+
+def compile_check(config, mesh_sizes: dict[str, int]) -> dict:
+  """Lowers and compiles the train step of ``config`` on a mesh of ``mesh_sizes``; the report."""
+  import jax
+  import jax.numpy as jnp
+
+  from miras_jax.train import mesh as mesh_lib
+  from miras_jax.train.loop import build
+  from miras_jax.train.settings import settings_from_config
+  from miras_jax.train.step import make_train_step
+
+  run = settings_from_config(config)
+  t = run.train
+  n_devices = math.prod(mesh_sizes.values())
+  mesh = mesh_lib.make_mesh(mesh_sizes["data"], mesh_sizes["fsdp"], mesh_sizes["tensor"])
+  dp = mesh_lib.data_parallel_size(mesh)
+  micro = t.batch_size // t.grad_accum
+  if micro % dp:
+    raise ValueError(
+      f"train.batch_size / train.grad_accum = {micro} is not divisible by the data-parallel size "
+      f"data × fsdp = {dp}"
+    )
+  seq_len = _seq_len(run)
+
+  start = time.perf_counter()
+  model_config, graphdef, tx, _, abstract, shardings = build(run, mesh)
+  build_s = time.perf_counter() - start
+
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  shape = (t.batch_size, seq_len)
+  batch = {
+    "inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
+    "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
+    "mask": jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=batch_sh),
+  }
+  train_step = jax.jit(
+    make_train_step(graphdef, tx, t.grad_accum),
+    in_shardings=(shardings, batch_sh),
+    out_shardings=(shardings, mesh_lib.replicated(mesh)),
+    donate_argnums=0,
+  )
+  start = time.perf_counter()
+  lowered = train_step.lower(abstract, batch)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+  param_bytes = mesh_lib.bytes_per_device(abstract.params)
+  opt_bytes = mesh_lib.bytes_per_device(abstract.opt_state)
+  memory = _memory_stats(compiled)
+  return {
+    "model": run.model.name,
+    "size": run.model.size,
+    "overrides": dict(run.model.overrides),
+    "layers": getattr(model_config, "layers", None),
+    "dim": getattr(model_config, "dim", None),
+    "params": n_params,
+    "mesh": mesh_sizes,
+    "devices": n_devices,
+    "platform": jax.devices()[0].platform,
+    "batch": {"global": list(shape), "per_device": t.batch_size // dp, "grad_accum": t.grad_accum},
+    "optimizer": run.optimizer.name,
+    "bytes_per_device": {
+      "params": int(param_bytes),
+      "opt_state": int(opt_bytes),
+      "state": int(param_bytes + opt_bytes),
+    },
+    "memory_analysis": memory,
+    "gib_per_device": {
+      "state": _gib(param_bytes + opt_bytes),
+      **({"temp": _gib(memory["temp_size_in_bytes"])} if "temp_size_in_bytes" in memory else {}),
+      **({"total": _gib(memory["total_in_bytes"])} if "total_in_bytes" in memory else {}),
+    },
+    "seconds": {
+      "build": round(build_s, 2),
+      "lower": round(lower_s, 2),
+      "compile": round(compile_s, 2),
+    },
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  mesh_sizes = parse_mesh(_MESH.value)
+  _use_fake_cpu_devices(math.prod(mesh_sizes.values()))
+  report = compile_check(_CONFIG.value, mesh_sizes)
+  print(json.dumps(report, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,184 @@
+"""The training loop: mesh equivalence, an end-to-end run that resumes, kill -9 and SIGTERM
+recovery, and the errors for bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mqar
+from miras_jax import data as mdata
+from miras_jax.train import mesh as mesh_lib
+from miras_jax.train.loop import build, train
+from miras_jax.train.settings import settings_from_config
+from miras_jax.train.step import make_train_step
+
+ROOT = Path(__file__).resolve().parents[2]
+_DATA = dict(seq_len=16, vocab=32, num_pairs=2, train_size=256, test_size=32, seed=0)
+
+
+def _config(data_dir, **train):
+  c = mqar.get_config()
+  c.model.overrides.update(
+    vocab=32, dim=16, heads=2, head_dim=8, mlp_hidden=32, chunk_size=8, gate_rank=4
+  )
+  c.data.options.update(_DATA)
+  c.data.data_dir = str(data_dir)
+  c.train.update(
+    dict(steps=4, batch_size=8, log_every=1, eval_every=0, eval_batches=2, checkpoint_every=2)
+  )
+  c.train.update(train)
+  c.optimizer.warmup_steps = 0  # a constant lr: the trajectory does not depend on train.steps
+  c.optimizer.min_lr_ratio = 1.0
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  mdata.prepare("mqar", path, **_DATA)
+  return path
+
+
+def _flags(c):
+  """The config as --config.* flags for the launcher (the fields _config changed)."""
+  out = [f"--config.data.data_dir={c.data.data_dir}"]
+  out += [
+    f"--config.model.overrides.{k}={v}" for k, v in c.model.overrides.items() if k != "preset"
+  ]
+  out += [f"--config.data.options.{k}={v}" for k, v in _DATA.items()]
+  out += [f"--config.train.{k}={v}" for k, v in c.train.items()]
+  out += ["--config.optimizer.warmup_steps=0", "--config.optimizer.min_lr_ratio=1.0"]
+  return out
+
+
+def _losses(workdir):
+  lines = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {x["step"]: x["loss"] for x in lines if "loss" in x}
+
+
+def test_sharded_steps_match_a_single_device(data_dir):
+  """2 steps on data = fsdp = tensor = 2 (8 fake devices) give the single-device losses."""
+  run = settings_from_config(_config(data_dir))
+  batches = mdata.mqar(1, 16, _DATA["seq_len"], _DATA["vocab"], _DATA["num_pairs"])
+  batches = [{k: v[i * 8 : (i + 1) * 8] for k, v in batches.items()} for i in range(2)]
+  losses = {}
+  for name, mesh in [
+    ("single", mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])),
+    ("2x2x2", mesh_lib.make_mesh(2, 2, 2)),
+  ]:
+    _, graphdef, tx, init, _, shardings = build(run, mesh)
+    if name == "2x2x2":  # the parameters really are split over fsdp and tensor
+      specs = {tuple(s.spec) for s in jax.tree.leaves(shardings.params)}
+      assert ("fsdp", "tensor") in specs and ("tensor", "fsdp") in specs, specs
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    step = jax.jit(
+      make_train_step(graphdef, tx),
+      in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+      out_shardings=(shardings, None),
+    )
+    losses[name] = []
+    for batch in batches:
+      state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
+      losses[name].append(float(metrics["loss"]))
+  np.testing.assert_allclose(losses["2x2x2"], losses["single"], rtol=1e-5)
+  assert losses["single"][1] != losses["single"][0]
+
+
+def test_train_writes_metrics_and_checkpoints_and_resumes(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  summary = train(_config(data_dir, steps=4, eval_every=2), str(workdir))
+  assert summary["status"] == "completed" and summary["step"] == 4
+  assert 0.0 <= summary["eval/accuracy"] <= 1.0 and np.isfinite(summary["eval/loss"])
+  assert sorted(_losses(workdir)) == [1, 2, 3, 4]
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("gate/lr/mean" in x for x in lines) and any("eval/accuracy" in x for x in lines)
+  assert list((workdir / "tensorboard").iterdir())
+  assert json.loads((workdir / "summary.json").read_text())["step"] == 4
+  assert {p.name for p in (workdir / "checkpoints").iterdir()} >= {"2", "4"}
+  summary = train(_config(data_dir, steps=6), str(workdir))  # resumes at 4
+  assert summary["step"] == 6 and summary["steps"] == 2
+  assert sorted(_losses(workdir)) == [1, 2, 3, 4, 5, 6]
+
+
+def _launch(c, workdir, steps):
+  cmd = [sys.executable, "-m", "experiments.train", "--config=configs/mqar.py"]
+  cmd += [f"--workdir={workdir}", *_flags(c), f"--config.train.steps={steps}"]
+  return subprocess.Popen(
+    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+
+
+def _wait_for_checkpoint(proc, workdir, step, timeout=240):
+  start = time.monotonic()
+  while not (Path(workdir) / "checkpoints" / str(step) / "commit_success.txt").exists():
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended before checkpoint {step}:\n{proc.stdout.read()}")
+    if time.monotonic() - start > timeout:
+      proc.kill()
+      raise AssertionError(f"no checkpoint {step} after {timeout} s")
+    time.sleep(0.05)
+
+
+def _finish(proc, timeout=300):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out
+  return out
+
+
+def test_sigterm_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir):
+  steps, every = 16, 4  # checkpoints are the slow part of a tiny run: few of them
+  c = _config(data_dir, checkpoint_every=every, steps=steps)
+  reference = tmp_path / "reference"
+  train(c, str(reference))  # uninterrupted, in this process
+  run = tmp_path / "run"
+  # SIGTERM: a clean exit with a checkpoint at the step it stopped after
+  proc = _launch(c, run, 100_000)
+  _wait_for_checkpoint(proc, run, every)
+  proc.send_signal(signal.SIGTERM)
+  _finish(proc)
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["status"] == "preempted"
+  stopped = summary["step"]
+  assert (run / "checkpoints" / str(stopped) / "commit_success.txt").exists()
+  # resume, then kill -9 after the next checkpoint; restart with the reference's command
+  proc = _launch(c, run, 100_000)
+  _wait_for_checkpoint(proc, run, (stopped // every + 1) * every)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  _finish(_launch(c, run, steps))
+  assert _losses(run) == _losses(reference)  # every step once, equal bit for bit
+  assert sorted(_losses(run)) == list(range(1, steps + 1))
+
+
+def test_bad_input_gives_clear_errors(tmp_path, data_dir):
+  c = _config(data_dir)
+  c.train.stpes = 3
+  with pytest.raises(ValueError, match="train.stpes"):
+    train(c, str(tmp_path / "a"))
+  c = _config(data_dir)
+  c.mesh.data, c.mesh.fsdp = 3, 1
+  with pytest.raises(ValueError, match="does not match the 8 devices"):
+    train(c, str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="not divisible by the data-parallel size"):
+    train(_config(data_dir, batch_size=6), str(tmp_path / "c"))
+  c = _config(data_dir)
+  c.data.name, c.data.options = "lm1b", {}
+  with pytest.raises(ValueError, match="lm1b"):
+    train(c, str(tmp_path / "d"))
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match="workdir"):
+    train(_config(data_dir), str(blocker / "sub"))
+  with pytest.raises(ValueError, match="grad_accum"):
+    train(_config(data_dir, grad_accum=3), str(tmp_path / "e"))
+  assert not any((tmp_path / n / "checkpoints").exists() for n in "abcde")
+  os.sync()
