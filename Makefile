@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format contract bench bench-peer clean
+.PHONY: install train test test-slow lint format contract bench bench-peer clean
 
 install: $(STAMP)
 
@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The README's main job: a small Titans LMM model learns MQAR on the CPU, offline, in minutes.
+# Resumes from runs/mqar if it holds a checkpoint (rm -rf runs/mqar to start over).
+TRAIN_ARGS ?=
+train: $(STAMP)
+	$(BIN)/python -m experiments.train --config=configs/mqar.py --workdir=runs/mqar $(TRAIN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2

@@ -97,7 +97,7 @@ def _seq_len(run) -> int:
   d = run.data
   if d.pack_len:
     return int(d.pack_len)
-  if "seq_len" in d.options:
+  if d.options.get("seq_len"):
     return int(d.options["seq_len"])
   raise ValueError(
     f"cannot tell the sequence length of {d.name!r} without its data: set data.pack_len or "

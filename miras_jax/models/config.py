@@ -28,7 +28,7 @@ _SHAPES = {
 def _paper(mlp_hidden: tuple, layers=(12, 24, 24, 24), **fields) -> dict:
   """``SIZE_FIELDS`` of the four paper sizes (170m, 340m, 760m, 1.3b) from their SwiGLU widths."""
   return {
-    size: {"mlp_hidden": f, "layers": n, **fields}
+    size: {"mlp_hidden": f, "layers": n, "remat": True, **fields}
     for size, f, n in zip(SIZES[1:], mlp_hidden, layers, strict=True)
   }
 
@@ -49,6 +49,7 @@ class LMConfig:
   head_dim: int = 32  # head dim D
   mlp_hidden: int = 172  # SwiGLU hidden width F
   rope_base: float = 10000.0  # RoPE base of the attention layers
+  remat: bool = False  # recompute each block in the backward pass (activation memory ∝ L·B·T·E)
 
   # Per size, the fields beyond the shared shape: the SwiGLU width F (chosen so that the model
   # has its nominal parameter count), and windows, segments, persistent tokens, block counts.

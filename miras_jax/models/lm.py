@@ -56,8 +56,9 @@ class LM(nnx.Module):
       )
     x = self.embed[...][tokens]  # [B, T, E]
     new_cache = []
+    run = nnx.remat(lambda block, x, state: block(x, state)) if self.config.remat else None
     for block, state in zip(self.blocks, cache or [None] * len(self.blocks), strict=True):
-      x, state = block(x, state)
+      x, state = run(block, x, state) if run is not None else block(x, state)
       new_cache.append(state)
     return self.head(self.norm(x)), new_cache
 

@@ -219,7 +219,11 @@ def train(config, workdir: str) -> dict[str, Any]:
   window = getattr(model_config, "window", None) or getattr(model_config, "segment", 0)
   flops = lm_flops_per_token(n_params, model_config.layers, model_config.dim, seq_len, window)
   progress = Progress(t.steps, tokens_per_step=tokens_per_step, every=t.log_every, start_step=start)
-  probe = jax.jit(_gate_probe(graphdef), in_shardings=(shardings.params, batch_sh))
+  probe = jax.jit(
+    _gate_probe(graphdef),
+    in_shardings=(shardings.params, batch_sh),
+    out_shardings=mesh_lib.replicated(mesh),
+  )
   last_eval: dict[str, float] = {}
   status = "completed"
   with _Stop() as stop:
