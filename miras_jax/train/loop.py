@@ -108,15 +108,22 @@ def build(run: RunSettings, mesh):
   def init(key):
     model = models.get(m.name, model_config, rngs=nnx.Rngs(key))
     params = nnx.state(model, nnx.Param).to_pure_dict()
-    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.fold_in(key, 1))
 
   abstract = jax.eval_shape(init, jax.random.key(0))
   param_sh = mesh_lib.tree_shardings(abstract.params, specs, mesh, run.mesh.rules)
   replicated = mesh_lib.replicated(mesh)
+  # Optimizer state: leaves shaped like a parameter take its sharding, the rest is replicated.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 (optax's empty placeholder)
   opt_sh = optax.tree_map_params(
-    tx, lambda _, s: s, abstract.opt_state, param_sh, transform_non_params=lambda _: replicated
+    tx,
+    lambda x, s: x if masked(x) else s,
+    abstract.opt_state,
+    param_sh,
+    transform_non_params=lambda x: x if masked(x) else replicated,
+    is_leaf=masked,
   )
-  shardings = TrainState(param_sh, opt_sh, replicated)
+  shardings = TrainState(param_sh, opt_sh, replicated, replicated)
   abstract = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )

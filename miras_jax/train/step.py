@@ -19,6 +19,7 @@ class TrainState(NamedTuple):
   params: Any  # the model's parameters, a pure dict (nnx.State.to_pure_dict)
   opt_state: Any  # the optimizer's state
   step: jax.Array  # optimizer steps taken (int32)
+  rng: jax.Array  # a typed PRNG key, split every step (for stochastic layers; checkpointed)
 
 
 def token_metrics(logits, batch):
@@ -60,7 +61,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
       "param_norm": optax.tree.norm(params),
       "tokens": tot[2],
     }
-    return TrainState(params, opt_state, state.step + 1), metrics
+    return TrainState(params, opt_state, state.step + 1, jax.random.split(state.rng)[0]), metrics
 
   return step
 

@@ -182,3 +182,31 @@ def test_bad_input_gives_clear_errors(tmp_path, data_dir):
     train(_config(data_dir, grad_accum=3), str(tmp_path / "e"))
   assert not any((tmp_path / n / "checkpoints").exists() for n in "abcde")
   os.sync()
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "sgd"])
+def test_other_optimizers_train(tmp_path, data_dir, optimizer):
+  c = _config(data_dir, steps=3, checkpoint_every=100)
+  c.optimizer.name = optimizer
+  summary = train(c, str(tmp_path))
+  losses = _losses(tmp_path)
+  assert summary["step"] == 3 and all(np.isfinite(list(losses.values())))
+  assert losses[3] != losses[1]
+
+
+def test_text_corpus_run_packs_windows_and_reports_perplexity(tmp_path):
+  from configs import lm_text
+
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  text = (Path(lm_text.common.SHAKESPEARE) / "input.txt").read_text()[:20000]
+  (corpus / "a.txt").write_text(text[:10000])
+  (corpus / "b.txt").write_text(text[10000:])
+  c = lm_text.get_config("transformer")
+  c.model.overrides.update(dim=16, heads=2, head_dim=8, mlp_hidden=32, max_len=32)
+  c.data.options.update(corpus_dir=str(corpus), max_doc_bytes=2000)
+  c.data.pack_len = 32
+  c.train.update(dict(steps=2, batch_size=8, log_every=1, eval_batches=1, checkpoint_every=10))
+  summary = train(c, str(tmp_path / "run"))
+  assert summary["step"] == 2 and summary["eval/tokens"] == 8 * 32
+  assert 1.0 < summary["eval/perplexity"] < 1000.0  # byte level: at most ~256 at the start
