@@ -12,34 +12,56 @@ Example::
   text = data.prepare("text_corpus", "/tmp/tfds", corpus_dir="corpus/", max_doc_bytes=4096)
   lm = data.make_loader(text.as_data_source()["train"], batch_size=8, seed=0, pack_len=256)
 
+  niah = data.prepare("s_niah", "/tmp/tfds", kind="pk", context_len=1024, depth=0.5)
+  qa = data.prepare("babi", "/tmp/tfds", task="qa2", context_len=1024, num_facts=10)
+
 This package imports neither flax nor TensorFlow (tests/data/test_no_tensorflow.py checks both).
 """
 
+from miras_jax.data.babi import babi, babi_min_context_len, babi_solve
 from miras_jax.data.builders import (
+  BabiBuilder,
+  BabiConfig,
   MQARBuilder,
   MQARConfig,
+  SNIAHBuilder,
+  SNIAHConfig,
   TextCorpusBuilder,
   TextCorpusConfig,
+  babi_config,
   mqar_config,
   prepare,
+  s_niah_config,
   text_corpus_config,
 )
+from miras_jax.data.needle import s_niah, s_niah_min_context_len
 from miras_jax.data.pipeline import Loader, make_loader
 from miras_jax.data.synthetic import mqar
 from miras_jax.data.tokenizers import EOS_ID, ByteTokenizer, SentencePieceTokenizer
 
 __all__ = [
   "EOS_ID",
+  "BabiBuilder",
+  "BabiConfig",
   "ByteTokenizer",
   "Loader",
   "MQARBuilder",
   "MQARConfig",
+  "SNIAHBuilder",
+  "SNIAHConfig",
   "SentencePieceTokenizer",
   "TextCorpusBuilder",
   "TextCorpusConfig",
+  "babi",
+  "babi_config",
+  "babi_min_context_len",
+  "babi_solve",
   "make_loader",
   "mqar",
   "mqar_config",
   "prepare",
+  "s_niah",
+  "s_niah_config",
+  "s_niah_min_context_len",
   "text_corpus_config",
 ]

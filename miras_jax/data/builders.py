@@ -8,9 +8,12 @@ On-disk layout (the standard tfds one)::
 
   {data_dir}/mqar/{config_name}/1.0.0/mqar-{train,test}.array_record-0000i-of-0000n
   {data_dir}/text_corpus/{config_name}/1.0.0/text_corpus-{train,validation}.array_record-…
+  {data_dir}/s_niah/{config_name}/1.0.0/s_niah-{train,test}.array_record-…
+  {data_dir}/babi/{config_name}/1.0.0/babi-{train,test}.array_record-…
   {data_dir}/{catalog_name}/{config}/{version}/…          (catalog datasets, prepared elsewhere)
 
-``config_name`` is derived from the options (see ``mqar_config`` / ``text_corpus_config``), so two
+``config_name`` is derived from the options (see ``mqar_config`` / ``text_corpus_config`` /
+``s_niah_config`` / ``babi_config``), so two
 different option sets never share a directory, and preparing the same options twice reuses the files.
 The builders are not registered in the tfds catalog (no global side effect); prepared data is read by
 plain tfds through its files, e.g. ``tfds.data_source("mqar/<config_name>", split="train",
@@ -35,16 +38,24 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from miras_jax.data.babi import _BABI_EXCLUDE, _babi_examples, babi
+from miras_jax.data.needle import _NEEDLE_EXCLUDE, _Filler, _s_niah_examples, s_niah
 from miras_jax.data.synthetic import mqar
 from miras_jax.data.tokenizers import ByteTokenizer
 
 __all__ = [
+  "BabiBuilder",
+  "BabiConfig",
   "MQARBuilder",
   "MQARConfig",
+  "SNIAHBuilder",
+  "SNIAHConfig",
   "TextCorpusBuilder",
   "TextCorpusConfig",
+  "babi_config",
   "mqar_config",
   "prepare",
+  "s_niah_config",
   "text_corpus_config",
 ]
 
@@ -340,7 +351,267 @@ class TextCorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
 
 # ------------------------------------------------------------------------------------------------
+# S-NIAH and bAbI (long-context retrieval / reasoning over filler)
+
+
+def _check_split_options(train_size, test_size, seed) -> None:
+  for name, value, minimum in [
+    ("train_size", train_size, 1),
+    ("test_size", test_size, 1),
+    ("seed", seed, 0),
+  ]:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+      raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _filler_tag(filler: str, corpus_file) -> tuple[str, str | None]:
+  """``("noise", None)`` or ``("corpus-{file stem}-{sha256 of its bytes, 12 hex}", absolute path)``.
+
+  Raises:
+    ValueError: ``corpus_file`` is missing for ``filler="corpus"``, given for ``"noise"``, or not an
+      existing file.
+  """
+  if filler != "corpus":
+    if corpus_file is not None:
+      raise ValueError("corpus_file: only used with filler='corpus'; expected None")
+    return str(filler), None
+  if corpus_file is None:
+    raise ValueError("corpus_file: filler='corpus' needs corpus_file (a UTF-8 text file)")
+  path = Path(corpus_file).expanduser().resolve()
+  if not path.is_file():
+    raise ValueError(f"corpus_file: expected an existing text file, got {path}")
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+  slug = re.sub(r"[^\w\-]+", "-", path.stem).strip("-") or "corpus"
+  return f"corpus-{slug}-{digest}", str(path)
+
+
+def _corpus_text(corpus_file: str | None) -> str | None:
+  return None if corpus_file is None else Path(corpus_file).read_text("utf-8", errors="replace")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SNIAHConfig(tfds.core.BuilderConfig):
+  """Options of ``SNIAHBuilder`` (see ``miras_jax.data.needle.s_niah`` for their meaning).
+
+  ``corpus_file`` is the corpus read for ``filler="corpus"`` (``corpus_text`` of ``s_niah``). Split
+  ``train`` is ``s_niah(2 * seed, train_size, …)`` and ``test`` is ``s_niah(2 * seed + 1, test_size,
+  …)``.
+  """
+
+  kind: str = "pk"
+  context_len: int = 4096
+  depth: float | None = None
+  filler: str = "noise"
+  corpus_file: str | None = None
+  train_size: int = 10_000
+  test_size: int = 1_000
+  seed: int = 0
+
+
+def s_niah_config(
+  *,
+  kind: str = "pk",
+  context_len: int = 4096,
+  depth: float | None = None,
+  filler: str = "noise",
+  corpus_file: str | os.PathLike | None = None,
+  train_size: int = 10_000,
+  test_size: int = 1_000,
+  seed: int = 0,
+) -> SNIAHConfig:
+  """Returns the validated ``SNIAHConfig`` for these options, named after all of them.
+
+  The name is ``{kind}_T{context_len}_d{depth or "U"}_{filler}_n{train_size}-{test_size}_s{seed}``
+  (``U``: uniform random depth), e.g. ``pk_T512_d0.5_noise_n100-20_s0``, where a corpus filler is
+  ``corpus-{file stem}-{12 hex digits of the sha256 of the file}``: the directory follows the
+  corpus's content.
+
+  Raises:
+    ValueError: an option is out of range (the message names it).
+  """
+  _check_split_options(train_size, test_size, seed)
+  tag, path = _filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  # Validate the task options once, on a single tiny example.
+  s_niah(2 * seed, 1, context_len, kind, depth, filler, _corpus_text(path))
+  depth = None if depth is None else float(depth)
+  d = "U" if depth is None else repr(depth)
+  return SNIAHConfig(
+    name=f"{kind}_T{context_len}_d{d}_{tag}_n{train_size}-{test_size}_s{seed}",
+    version=_VERSION,
+    description=f"S-NIAH: kind={kind}, context_len={context_len}, depth={depth}, filler={filler}, "
+    f"corpus_file={path}, train_size={train_size}, test_size={test_size}, seed={seed}",
+    kind=kind,
+    context_len=int(context_len),
+    depth=depth,
+    filler=filler,
+    corpus_file=path,
+    train_size=int(train_size),
+    test_size=int(test_size),
+    seed=int(seed),
+  )
+
+
+class SNIAHBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """RULER-style single needle in a haystack as a tfds dataset (splits ``train`` and ``test``).
+
+  Each example: ``inputs`` int32 ``[context_len]``, ``targets`` int32 ``[context_len]``, ``mask``
+  bool ``[context_len]`` and ``depth`` float32 scalar (the depth used) — one row of
+  ``miras_jax.data.needle.s_niah`` without its ``answer`` (the answer is the last bytes of
+  ``inputs``, under the mask shifted by one). Examples are generated one at a time. Build it with
+  ``prepare("s_niah", data_dir, **options)``.
+  """
+
+  name = "s_niah"
+  code_path = _CODE_PATH
+  VERSION = _VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, SNIAHConfig):
+      raise ValueError(f"config: expected an SNIAHConfig (see s_niah_config), got {cfg!r}")
+    shape = (cfg.context_len,)
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="RULER-style single needle in a haystack (miras_jax.data.needle.s_niah).",
+      features=tfds.features.FeaturesDict(
+        {
+          "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
+          "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
+          "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
+          "depth": tfds.features.Scalar(dtype=np.float32),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    return {
+      "train": self._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
+      "test": self._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
+    }
+
+  def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    cfg = self.builder_config
+    filler, _ = _Filler.make(cfg.filler, _corpus_text(cfg.corpus_file), exclude=_NEEDLE_EXCLUDE)
+    examples = _s_niah_examples(seed, n, cfg.context_len, cfg.kind, cfg.depth, filler)
+    for i, (row, depth, _) in enumerate(examples):
+      yield i, row | {"depth": np.float32(depth)}
+
+
+@dataclasses.dataclass(kw_only=True)
+class BabiConfig(tfds.core.BuilderConfig):
+  """Options of ``BabiBuilder`` (see ``miras_jax.data.babi.babi`` for their meaning).
+
+  ``corpus_file`` is the corpus read for ``filler="corpus"`` (``corpus_text`` of ``babi``). Split
+  ``train`` is ``babi(2 * seed, train_size, …)`` and ``test`` is ``babi(2 * seed + 1, test_size,
+  …)``.
+  """
+
+  task: str = "qa1"
+  context_len: int = 4096
+  num_facts: int = 10
+  filler: str = "noise"
+  corpus_file: str | None = None
+  train_size: int = 10_000
+  test_size: int = 1_000
+  seed: int = 0
+
+
+def babi_config(
+  *,
+  task: str = "qa1",
+  context_len: int = 4096,
+  num_facts: int = 10,
+  filler: str = "noise",
+  corpus_file: str | os.PathLike | None = None,
+  train_size: int = 10_000,
+  test_size: int = 1_000,
+  seed: int = 0,
+) -> BabiConfig:
+  """Returns the validated ``BabiConfig`` for these options, named after all of them.
+
+  The name is ``{task}_T{context_len}_F{num_facts}_{filler}_n{train_size}-{test_size}_s{seed}``, e.g.
+  ``qa2_T1024_F10_noise_n100-20_s0``, where a corpus filler is ``corpus-{file stem}-{12 hex digits
+  of the sha256 of the file}``.
+
+  Raises:
+    ValueError: an option is out of range (the message names it).
+  """
+  _check_split_options(train_size, test_size, seed)
+  tag, path = _filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  babi(2 * seed, 1, context_len, task, num_facts, filler, _corpus_text(path))
+  return BabiConfig(
+    name=f"{task}_T{context_len}_F{num_facts}_{tag}_n{train_size}-{test_size}_s{seed}",
+    version=_VERSION,
+    description=f"bAbI: task={task}, context_len={context_len}, num_facts={num_facts}, "
+    f"filler={filler}, corpus_file={path}, train_size={train_size}, test_size={test_size}, "
+    f"seed={seed}",
+    task=task,
+    context_len=int(context_len),
+    num_facts=int(num_facts),
+    filler=filler,
+    corpus_file=path,
+    train_size=int(train_size),
+    test_size=int(test_size),
+    seed=int(seed),
+  )
+
+
+class BabiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """bAbI qa1/qa2 facts in filler (BABILong style) as a tfds dataset (splits ``train``, ``test``).
+
+  Each example: ``inputs`` int32 ``[context_len]``, ``targets`` int32 ``[context_len]``, ``mask``
+  bool ``[context_len]`` — one row of ``miras_jax.data.babi.babi`` without its ``answer``. Examples
+  are generated one at a time. Build it with ``prepare("babi", data_dir, **options)``.
+  """
+
+  name = "babi"
+  code_path = _CODE_PATH
+  VERSION = _VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, BabiConfig):
+      raise ValueError(f"config: expected a BabiConfig (see babi_config), got {cfg!r}")
+    shape = (cfg.context_len,)
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="bAbI qa1/qa2 facts spread through filler (miras_jax.data.babi.babi).",
+      features=tfds.features.FeaturesDict(
+        {
+          "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
+          "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
+          "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    return {
+      "train": self._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
+      "test": self._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
+    }
+
+  def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    cfg = self.builder_config
+    filler, _ = _Filler.make(cfg.filler, _corpus_text(cfg.corpus_file), exclude=_BABI_EXCLUDE)
+    examples = _babi_examples(seed, n, cfg.context_len, cfg.task, cfg.num_facts, filler)
+    for i, (row, _) in enumerate(examples):
+      yield i, row
+
+
+# ------------------------------------------------------------------------------------------------
 # prepare
+
+
+#: The option-built task datasets besides MQAR: name -> (builder, config class, config function).
+_TASK_BUILDERS = {
+  "s_niah": (SNIAHBuilder, SNIAHConfig, s_niah_config),
+  "babi": (BabiBuilder, BabiConfig, babi_config),
+}
 
 
 def _build(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
@@ -355,6 +626,11 @@ def prepare(name: str, data_dir: str | os.PathLike, **options: Any) -> tfds.core
     ``vocab``, ``num_pairs``, ``train_size``, ``test_size``, ``seed``, ``power_a``).
   - ``"text_corpus"``: builds ``TextCorpusBuilder`` with ``text_corpus_config(**options)``
     (``corpus_dir`` required; ``max_doc_bytes``, ``validation_fraction``).
+  - ``"s_niah"``: builds ``SNIAHBuilder`` with ``s_niah_config(**options)`` (options ``kind``,
+    ``context_len``, ``depth``, ``filler``, ``corpus_file``, ``train_size``, ``test_size``, ``seed``).
+  - ``"babi"``: builds ``BabiBuilder`` with ``babi_config(**options)`` (options ``task``,
+    ``context_len``, ``num_facts``, ``filler``, ``corpus_file``, ``train_size``, ``test_size``,
+    ``seed``).
   - any other name is a tfds catalog dataset (``"lm1b"``, ``"c4/en:3.0.1"``, …), opened with
     ``tfds.builder(name, data_dir=data_dir, file_format="array_record", **options)``; it must already
     be prepared there in a random-access format (array_record), since nothing is downloaded.
@@ -364,7 +640,7 @@ def prepare(name: str, data_dir: str | os.PathLike, **options: Any) -> tfds.core
   ``miras_jax.data.make_loader``.
 
   Args:
-    name: ``"mqar"``, ``"text_corpus"`` or a tfds catalog name.
+    name: ``"mqar"``, ``"text_corpus"``, ``"s_niah"``, ``"babi"`` or a tfds catalog name.
     data_dir: the tfds data directory (created if needed for the local builders).
     **options: the builder options above.
 
@@ -378,6 +654,18 @@ def prepare(name: str, data_dir: str | os.PathLike, **options: Any) -> tfds.core
   if not isinstance(name, str) or not name:
     raise ValueError(f"name: expected a non-empty dataset name, got {name!r}")
   data_dir = os.fspath(Path(data_dir).expanduser())
+  if name in _TASK_BUILDERS:
+    cls, config_cls, make_config = _TASK_BUILDERS[name]
+    allowed = sorted(
+      {f.name for f in dataclasses.fields(config_cls)}
+      - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+    )
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+      raise ValueError(
+        f"options: {unknown} are not options of {name!r}; expected some of {allowed}"
+      )
+    return _build(cls(data_dir=data_dir, config=make_config(**options), file_format=_FILE_FORMAT))
   if name in ("mqar", "text_corpus"):
     make_config = mqar_config if name == "mqar" else text_corpus_config
     cls = MQARBuilder if name == "mqar" else TextCorpusBuilder
@@ -399,7 +687,7 @@ def prepare(name: str, data_dir: str | os.PathLike, **options: Any) -> tfds.core
     builder = tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT, **options)
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(
-      f"name: {name!r} is neither 'mqar', 'text_corpus' nor a tfds catalog dataset "
+      f"name: {name!r} is neither 'mqar', 'text_corpus', 's_niah', 'babi' nor a tfds catalog dataset "
       f"(nor prepared under data_dir={data_dir!r})"
     ) from e
   if not builder.is_prepared():
