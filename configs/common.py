@@ -33,7 +33,7 @@ def base(model: str, size: str = "tiny", **overrides) -> ml_collections.ConfigDi
   c.data.pack_len = 128  # tokens per packed training window (byte-level tokens)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"  # adamw | muon | sgd
+  c.optimizer.name = "adamw"  # adamw | muon | m3 | sgd
   c.optimizer.lr = 3e-3  # peak learning rate
   c.optimizer.warmup_steps = 100  # linear warmup steps
   c.optimizer.min_lr_ratio = 0.1  # final lr = lr · min_lr_ratio (cosine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
+from miras_jax.optim import m3
 from miras_jax.train.settings import OptimizerSettings
 
 
@@ -27,7 +28,8 @@ def _matrices(params):
 
 
 def make_optimizer(s: OptimizerSettings, steps: int) -> optax.GradientTransformation:
-  """``adamw`` (decoupled decay on matrices), ``muon`` (``optax.contrib.muon``: Newton–Schulz
+  """``adamw`` (decoupled decay on matrices), ``m3`` (miras_jax.optim; weight decay added to the
+  gradient of matrices), ``muon`` (``optax.contrib.muon``: Newton–Schulz
   orthogonalised momentum on 2-D weights, Adam on the rest) or ``sgd`` (momentum ``b1``); after
   global-norm clipping at ``clip_norm`` (0 = off)."""
   lr = schedule(s, steps)
@@ -43,10 +45,14 @@ def make_optimizer(s: OptimizerSettings, steps: int) -> optax.GradientTransforma
       adam_b2=s.b2,
       eps=s.eps,
     )
+  elif s.name == "m3":
+    tx = m3(lr, b1=s.b1, b2=s.b2, eps=s.eps)
+    if s.weight_decay:
+      tx = optax.chain(optax.add_decayed_weights(s.weight_decay, _matrices), tx)
   elif s.name == "sgd":
     tx = optax.sgd(lr, momentum=s.b1)
   else:
-    raise ValueError(f"optimizer.name must be adamw, muon or sgd; got {s.name!r}")
+    raise ValueError(f"optimizer.name must be adamw, muon, m3 or sgd; got {s.name!r}")
   if s.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(s.clip_norm), tx)
   return tx

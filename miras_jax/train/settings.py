@@ -41,7 +41,7 @@ class DataSettings:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
-  name: str = "adamw"  # adamw | muon | sgd
+  name: str = "adamw"  # adamw | muon | m3 | sgd
   lr: float = 3e-3  # peak learning rate
   warmup_steps: int = 100  # linear warmup from 0 to lr
   min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio at the last step
@@ -147,5 +147,5 @@ def _check(run: RunSettings) -> None:
     )
   if t.checkpoint_every < 1:
     raise ValueError(f"train.checkpoint_every must be >= 1; got {t.checkpoint_every}")
-  if run.optimizer.name not in ("adamw", "muon", "sgd"):
-    raise ValueError(f"optimizer.name must be adamw, muon or sgd; got {run.optimizer.name!r}")
+  if run.optimizer.name not in ("adamw", "muon", "m3", "sgd"):
+    raise ValueError(f"optimizer.name must be adamw, muon, m3 or sgd; got {run.optimizer.name!r}")

@@ -184,7 +184,7 @@ def test_bad_input_gives_clear_errors(tmp_path, data_dir):
   os.sync()
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "sgd"])
+@pytest.mark.parametrize("optimizer", ["muon", "m3", "sgd"])
 def test_other_optimizers_train(tmp_path, data_dir, optimizer):
   c = _config(data_dir, steps=3, checkpoint_every=100)
   c.optimizer.name = optimizer
