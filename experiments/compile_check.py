@@ -147,13 +147,7 @@ def compile_check(config, mesh_sizes: dict[str, int]) -> dict:
   t = run.train
   n_devices = math.prod(mesh_sizes.values())
   mesh = mesh_lib.make_mesh(mesh_sizes["data"], mesh_sizes["fsdp"], mesh_sizes["tensor"])
-  dp = mesh_lib.data_parallel_size(mesh)
-  micro = t.batch_size // t.grad_accum
-  if micro % dp:
-    raise ValueError(
-      f"train.batch_size / train.grad_accum = {micro} is not divisible by the data-parallel size "
-      f"data × fsdp = {dp}"
-    )
+  mesh_lib.check_batch(t.batch_size, t.grad_accum, mesh)
   seq_len = _seq_len(run)
 
   start = time.perf_counter()
@@ -194,7 +188,11 @@ def compile_check(config, mesh_sizes: dict[str, int]) -> dict:
     "mesh": mesh_sizes,
     "devices": n_devices,
     "platform": jax.devices()[0].platform,
-    "batch": {"global": list(shape), "per_device": t.batch_size // dp, "grad_accum": t.grad_accum},
+    "batch": {
+      "global": list(shape),
+      "per_device": t.batch_size // mesh_lib.data_parallel_size(mesh),
+      "grad_accum": t.grad_accum,
+    },
     "optimizer": run.optimizer.name,
     "bytes_per_device": {
       "params": int(param_bytes),

@@ -72,6 +72,29 @@ _CODE_PATH = epath.Path(__file__)
 # MQAR
 
 
+def _task_info(builder, length: int, description: str, **extra) -> tfds.core.DatasetInfo:
+  """DatasetInfo of a task dataset: ``inputs``/``targets`` int32 and ``mask`` bool of ``[length]``."""
+  shape = (length,)
+  features = {
+    "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
+    "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
+    "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
+    **extra,
+  }
+  return tfds.core.DatasetInfo(
+    builder=builder, description=description, features=tfds.features.FeaturesDict(features)
+  )
+
+
+def _seeded_splits(builder) -> dict:
+  """``train`` from seed 2·seed, ``test`` from 2·seed + 1 (never the same examples)."""
+  cfg = builder.builder_config
+  return {
+    "train": builder._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
+    "test": builder._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
+  }
+
+
 @dataclasses.dataclass(kw_only=True)
 class MQARConfig(tfds.core.BuilderConfig):
   """Options of ``MQARBuilder`` (see ``miras_jax.data.synthetic.mqar`` for their meaning).
@@ -149,25 +172,14 @@ class MQARBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     if not isinstance(cfg, MQARConfig):
       raise ValueError(f"config: expected an MQARConfig (see mqar_config), got {cfg!r}")
-    shape = (cfg.seq_len,)
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="Zoology-style multi-query associative recall (miras_jax.data.synthetic.mqar).",
-      features=tfds.features.FeaturesDict(
-        {
-          "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
-          "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
-          "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
-        }
-      ),
+    return _task_info(
+      self,
+      cfg.seq_len,
+      "Zoology-style multi-query associative recall (miras_jax.data.synthetic.mqar).",
     )
 
   def _split_generators(self, dl_manager):
-    cfg = self.builder_config
-    return {
-      "train": self._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
-      "test": self._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
-    }
+    return _seeded_splits(self)
 
   def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     cfg = self.builder_config
@@ -470,26 +482,15 @@ class SNIAHBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     if not isinstance(cfg, SNIAHConfig):
       raise ValueError(f"config: expected an SNIAHConfig (see s_niah_config), got {cfg!r}")
-    shape = (cfg.context_len,)
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="RULER-style single needle in a haystack (miras_jax.data.needle.s_niah).",
-      features=tfds.features.FeaturesDict(
-        {
-          "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
-          "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
-          "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
-          "depth": tfds.features.Scalar(dtype=np.float32),
-        }
-      ),
+    return _task_info(
+      self,
+      cfg.context_len,
+      "RULER-style single needle in a haystack (miras_jax.data.needle.s_niah).",
+      depth=tfds.features.Scalar(dtype=np.float32),
     )
 
   def _split_generators(self, dl_manager):
-    cfg = self.builder_config
-    return {
-      "train": self._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
-      "test": self._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
-    }
+    return _seeded_splits(self)
 
   def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, Any]]]:
     cfg = self.builder_config
@@ -575,25 +576,12 @@ class BabiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     if not isinstance(cfg, BabiConfig):
       raise ValueError(f"config: expected a BabiConfig (see babi_config), got {cfg!r}")
-    shape = (cfg.context_len,)
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="bAbI qa1/qa2 facts spread through filler (miras_jax.data.babi.babi).",
-      features=tfds.features.FeaturesDict(
-        {
-          "inputs": tfds.features.Tensor(shape=shape, dtype=np.int32),
-          "targets": tfds.features.Tensor(shape=shape, dtype=np.int32),
-          "mask": tfds.features.Tensor(shape=shape, dtype=np.bool_),
-        }
-      ),
+    return _task_info(
+      self, cfg.context_len, "bAbI qa1/qa2 facts spread through filler (miras_jax.data.babi.babi)."
     )
 
   def _split_generators(self, dl_manager):
-    cfg = self.builder_config
-    return {
-      "train": self._generate_examples(seed=2 * cfg.seed, n=cfg.train_size),
-      "test": self._generate_examples(seed=2 * cfg.seed + 1, n=cfg.test_size),
-    }
+    return _seeded_splits(self)
 
   def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     cfg = self.builder_config

@@ -159,13 +159,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   workdir = _workdir(workdir)
   t = run.train
   mesh = mesh_lib.make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
-  dp = mesh_lib.data_parallel_size(mesh)
-  micro = t.batch_size // t.grad_accum
-  if micro % dp:
-    raise ValueError(
-      f"train.batch_size / train.grad_accum = {micro} is not divisible by the data-parallel size "
-      f"data × fsdp = {dp}"
-    )
+  mesh_lib.check_batch(t.batch_size, t.grad_accum, mesh)
   if t.batch_size % jax.process_count():
     raise ValueError(
       f"train.batch_size ({t.batch_size}) must be divisible by the {jax.process_count()} processes"

@@ -45,6 +45,16 @@ def data_parallel_size(mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def check_batch(batch_size: int, grad_accum: int, mesh) -> None:
+  """Each micro-batch must split evenly over the data-parallel devices (data × fsdp)."""
+  micro, dp = batch_size // grad_accum, data_parallel_size(mesh)
+  if micro % dp:
+    raise ValueError(
+      f"train.batch_size / train.grad_accum = {micro} is not divisible by the data-parallel size "
+      f"data × fsdp = {dp}"
+    )
+
+
 def batch_sharding(mesh) -> NamedSharding:
   """Batch dim over (data, fsdp), the rest replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))
