@@ -1,13 +1,20 @@
 """Memory learning algorithms: the fourth MIRAS choice (how the inner loss is optimised).
 
-An algorithm's ``step(grad, momentum, g, k)`` (``g``: the ``Gates`` of one token) turns the gradient ∇_t of the attentional bias into the step Δ_t that the retention
-gate applies (``W_t = ret(W_{t−1}) + Δ_t``, see ``retention.py``):
+An algorithm's ``step(grad, momentum, g, k, base)`` (``g``: the ``Gates`` of one token, ``base``:
+the weights the gradient was taken at) turns the gradient ∇_t of the attentional bias into the step
+Δ_t that the retention gate applies (``W_t = ret(W_{t−1}) + Δ_t``, see ``retention.py``):
 
 - ``GD``: Δ_t = −η_t ∇_t (MIRAS Eq 5).
 - ``Momentum``: S_t = μ_t S_{t−1} − η_t ∇_t, Δ_t = S_t (Titans Eq 9–10, 13–14; μ is
   ``gates.momentum``, η is ``gates.lr``); the state carries S.
 - ``ImplicitGD``: W_t = argmin_W ℓ(W) + ‖W − W_{t−1}‖²/(2η_t), solved in closed form for a linear
   memory and the ℓ2 bias: Δ_t = −η_t/(1 + η_t kᵀk) ∇_t (Longhorn, MIRAS Table 1).
+- ``DGD``: Delta Gradient Descent (Nested Learning [ARX] Eq 56–57): the step of the proximal problem
+  ``argmin_W ½‖W k − u‖² + ‖W − W_{t−1}‖²/(2η_t)`` with target ``u = −∇_y ℓ``, in closed form for
+  any ‖k‖ (Sherman–Morrison): ``Δ_t = −η'_t (W_{t−1} k) kᵀ − η'_t ∇_t``, ``η'_t = η_t/(1 + η_t ‖k‖²)``.
+  With the decay retention this is Hope's "DGD with weight decay" ([ARX] Eq 88):
+  ``W_t = W_{t−1}(α_t I − η'_t k kᵀ) − η'_t ∇_t``. ``DGD(momentum=True)`` feeds the DGD step through
+  Titans' surprise momentum (``S_t = μ_t S_{t−1} + Δ^DGD_t``; the ablation of [ARX] Table 6).
 - ``MultiStepGD(n)``: n successive GD steps per token, each with its own (k_{t,i}, v_{t,i}, η_{t,i})
   and each gradient taken at the state left by the previous step (DeltaProduct); inputs carry an
   extra axis ``k: [T, n, d_k]``, ``v: [T, n, d_v]``, ``lr: [T, n]``.
@@ -34,7 +41,7 @@ class GD:
   has_momentum = False
   steps = 1
 
-  def step(self, grad, momentum, g, k):
+  def step(self, grad, momentum, g, k, base=None):
     return _scaled(grad, g.lr), None
 
 
@@ -47,7 +54,7 @@ class Momentum:
   has_momentum = True
   steps = 1
 
-  def step(self, grad, momentum, g, k):
+  def step(self, grad, momentum, g, k, base=None):
     new = jax.tree.map(lambda s, x: g.momentum * s - g.lr * x, momentum, grad)
     return new, new
 
@@ -61,8 +68,49 @@ class ImplicitGD:
   has_momentum = False
   steps = 1
 
-  def step(self, grad, momentum, g, k):
+  def step(self, grad, momentum, g, k, base=None):
     return _scaled(grad, g.lr / (1.0 + g.lr * jnp.vdot(k, k))), None
+
+
+@dataclasses.dataclass(frozen=True)
+class DGD:
+  """Delta Gradient Descent: Δ_t = −η'_t (W_{t−1} k) kᵀ − η'_t ∇_t, η'_t = η_t/(1 + η_t‖k‖²).
+
+  Nested Learning [ARX] Eq 57 (the general-‖k‖ form of the notes §3; for ‖k‖ = 1, η' = η/(1 + η)).
+  For an MLP memory the rank-1 decay acts on the first weight matrix, the one whose input is k
+  (``W_1: [h, d_k]``); deeper matrices take the plain step −η_t ∇_t (their inputs are hidden
+  activations; [ARX] Eq 88 is written for a matrix memory and does not say, see notes §9.5).
+  ``momentum=True``: S_t = μ_t S_{t−1} + Δ^DGD_t and Δ_t = S_t (needs ``gates.momentum``).
+  """
+
+  momentum: bool = False  # pass the DGD step through Titans' surprise momentum
+
+  @property
+  def name(self) -> str:
+    return "dgd_momentum" if self.momentum else "dgd"
+
+  @property
+  def gates(self) -> tuple[str, ...]:
+    return ("lr", "momentum") if self.momentum else ("lr",)
+
+  @property
+  def has_momentum(self) -> bool:
+    return self.momentum
+
+  steps = 1
+
+  def step(self, grad, momentum, g, k, base=None):
+    if base is None:
+      raise ValueError("DGD needs the weights the gradient was taken at (base=)")
+    lr_k = g.lr / (1.0 + g.lr * jnp.vdot(k, k))
+    leaves, tree = jax.tree.flatten(grad)
+    bases = jax.tree.leaves(base)
+    first = -lr_k * (leaves[0] + jnp.outer(bases[0] @ k, k))
+    delta = jax.tree.unflatten(tree, [first] + [-g.lr * x for x in leaves[1:]])
+    if not self.momentum:
+      return delta, None
+    new = jax.tree.map(lambda s, d: g.momentum * s + d, momentum, delta)
+    return new, new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,4 +131,4 @@ class MultiStepGD:
   has_momentum = False
 
 
-Algorithm = GD | Momentum | ImplicitGD | MultiStepGD
+Algorithm = GD | Momentum | ImplicitGD | DGD | MultiStepGD

@@ -134,6 +134,9 @@ def chunked(
       chunk's tokens i, and each token reads the latest chunk-end state at or before it (the
       chunk's last token reads W_n, the others W_{n−1}). Cheaper: no in-chunk coefficient matrix.
 
+  DGD rules have mini-batch semantics too (gradients at the chunk's base, the decay
+  W_{t−1}(α_t I − η'_t k_t k_tᵀ) token by token), evaluated by ``chunk_reference`` (a token scan).
+
   Returns:
     ``(ys, state)`` as ``recurrent``: ``ys: [T, d_v]`` and the state after the last token.
   """
@@ -149,6 +152,8 @@ def chunked(
     return _per_chunk(rule, state, q, k, v, gates, chunk_size, remat)
   if exact_form_applies(rule):
     return _exact(rule, state, q, k, v, gates, chunk_size, remat)
+  if isinstance(rule.algorithm, algos.DGD):  # the rank-1 decay W(αI − η'kkᵀ) has no dual form here
+    return chunk_reference(rule, state, q, k, v, gates, chunk_size=chunk_size)
   return _minibatch(rule, state, q, k, v, gates, chunk_size, remat)
 
 
@@ -307,10 +312,10 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
 # ================================================================================================
 # Mini-batch form (non-linear memories, momentum, non-linear biases and retention)
 # ================================================================================================
-def _check_minibatch(rule: Rule, g: Gates):
-  if rule.grad_at != "previous" or isinstance(
-    rule.algorithm, (algos.ImplicitGD, algos.MultiStepGD)
-  ):
+def _check_minibatch(rule: Rule, g: Gates, *, serial: bool = False):
+  """``serial``: the token-serial reference, which also runs DGD (its decay is not a scalar)."""
+  excluded = (algos.ImplicitGD, algos.MultiStepGD) + (() if serial else (algos.DGD,))
+  if rule.grad_at != "previous" or isinstance(rule.algorithm, excluded):
     raise ValueError(
       f"{rule.name}: no chunked form for this composition (grad_at={rule.grad_at}, "
       f"{rule.algorithm.name}); use recurrent"
@@ -542,7 +547,7 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
   """
   rule.check(state, q, k, v, gates)
   g = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
-  _check_minibatch(rule, g)
+  _check_minibatch(rule, g, serial=True)
   t, b = q.shape[0], chunk_size
   if g.lr is None:
     g = g._replace(lr=jnp.full((t,), rule.lr_default, q.dtype))
@@ -564,7 +569,7 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
     grad = biases.weight_grad(
       rule.memory, rule.bias, base.weights, kt, vt, gt.delta, use_loss=rule.use_loss
     )
-    step, mom = rule.algorithm.step(grad, state.momentum, gt, kt)
+    step, mom = rule.algorithm.step(grad, state.momentum, gt, kt, state.weights)
     if lq:
       accum = jax.tree.map(jnp.add, ret.scale_by_retention(state.accum, gt), step)
       normalised, _ = rule.retention.init(accum)

@@ -21,6 +21,7 @@ longhorn           W_t = W_{t−1} − β_t/(1 + β_t kᵀk) (W_{t−1}k − v) 
 ttt_linear         W_t = W_{t−1} − η_t ∇ℓ2(W_{t−1})                                   lr
 ttt_mlp            same, 2-layer MLP memory                                          lr
 titans_lmm         S_t = μ_t S_{t−1} − θ_t ∇ℓ2(W_{t−1}); W_t = α_t W_{t−1} + S_t      lr, momentum, retention
+dgd                W_t = W_{t−1}(α_t I − η'_t k kᵀ) − η'_t ∇ℓ2(W_{t−1}), η' = η/(1+η‖k‖²)  lr, retention (+momentum)
 moneta             A_t = α_t A_{t−1} − η_t ∇ℓp(W_{t−1}); W_t = A_t/‖A_t‖_q^{q−2}      lr, retention
 yaad               W_t = α_t W_{t−1} − η_t ∇ℓ2 if ‖e‖ ≤ δ_t else − η_t δ_t ∇ℓ1        lr, retention, delta
 memora             W_t = c softmax_rows(α_t log W_{t−1} − η_t ∇ℓ2(W_{t−1}))          lr, retention
@@ -32,7 +33,8 @@ scales the write when given (Mamba2's Δ_t), 1 otherwise.
 
 Options: the MIRAS, Titans and TTT presets take ``memory=`` ("linear", "mlp" for the paper
 default, an ``MLPMemory`` or a dict of its fields); lp-based presets take ``smooth=``; ``moneta`` takes
-``p``, ``q``; ``memora`` takes ``c``; ``delta_product`` takes ``n``; ``softmax_attention`` takes
+``p``, ``q``; ``memora`` takes ``c``; ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
+``momentum`` (Titans' surprise momentum over the DGD step); ``delta_product`` takes ``n``; ``softmax_attention`` takes
 ``window`` and ``scale``; every parametric preset takes ``use_loss=True`` to differentiate the bias's
 loss with ``jax.grad`` instead of using its closed-form gradient.
 """
@@ -218,6 +220,13 @@ def ttt_mlp(memory=None, use_loss=False):
 def titans_lmm(memory=None, use_loss=False):
   mem = resolve_memory(memory, TITANS_MLP)
   return Rule("titans_lmm", mem, biases.L2(), ret.Decay("any"), algos.Momentum(), use_loss=use_loss)
+
+
+@_register("dgd")
+def dgd(memory="linear", momentum=False, use_loss=False):
+  """Delta Gradient Descent with weight decay (Nested Learning [ARX] Eq 88; Eq 93 when linear)."""
+  mem = resolve_memory(memory, TITANS_MLP)
+  return Rule("dgd", mem, biases.L2(), ret.Decay("any"), algos.DGD(momentum), use_loss=use_loss)
 
 
 # ---- MIRAS ------------------------------------------------------------------------------------

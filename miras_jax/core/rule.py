@@ -145,9 +145,10 @@ class Rule:
       return state._replace(weights=w)
     if self.grad_at == "decayed":
       base = self.retention.decay(state.weights, g)
-      step, momentum = self.algorithm.step(self._grad(base, k, v, g), state.momentum, g, k)
+      step, momentum = self.algorithm.step(self._grad(base, k, v, g), state.momentum, g, k, base)
       return state._replace(weights=jax.tree.map(jnp.add, base, step), momentum=momentum)
-    step, momentum = self.algorithm.step(self._grad(state.weights, k, v, g), state.momentum, g, k)
+    grad = self._grad(state.weights, k, v, g)
+    step, momentum = self.algorithm.step(grad, state.momentum, g, k, state.weights)
     w, accum = self.retention.write(state.weights, state.accum, step, g)
     return state._replace(weights=w, accum=accum, momentum=momentum)
 

@@ -210,6 +210,20 @@ def write_titans(mem, st, k, v, g):
   return {**st, "w": w, "s": s}
 
 
+def write_dgd(mem, momentum, st, k, v, g):
+  """Nested Learning Eq 88 with the exact η' = η/(1 + η‖k‖²): W_1 ← α W_1 − η'(W_1 k)kᵀ − η'∇_1;
+  deeper matrices α W − η ∇; with momentum, S ← μ S + step and W ← α W + S."""
+  grads = mem.pullback(st["w"], k, mem.apply(st["w"], k) - v)
+  lr_k = g["lr"] / (1.0 + g["lr"] * (k @ k))
+  steps = [-lr_k * (grads[0] + np.outer(st["w"][0] @ k, k))]
+  steps += [-g["lr"] * gr for gr in grads[1:]]
+  if momentum:
+    steps = [g["momentum"] * s + u for s, u in zip(st["s"], steps, strict=True)]
+    st = {**st, "s": steps}
+  w = [_retain(w, g["retention"]) + u for w, u in zip(st["w"], steps, strict=True)]
+  return {**st, "w": w}
+
+
 def lq_normalise(a, q):
   """A / ‖A‖_q^{q−2}, the norm over all entries of the matrix."""
   return a / (np.sum(np.abs(a) ** q) ** (1.0 / q)) ** (q - 2.0)
@@ -327,6 +341,19 @@ CASES = [
     _p(write_titans, TITANS_MLP),
     ("lr", "momentum", "retention"),
     mem=TITANS_MLP,
+  ),
+  *(
+    Case(
+      f"dgd-{kind}{'-momentum' if momentum else ''}",
+      "dgd",
+      _p(write_dgd, mem, momentum),
+      ("lr", "momentum", "retention") if momentum else ("lr", "retention"),
+      opts=(("memory", "linear" if kind == "linear" else "mlp"), ("momentum", momentum)),
+      mem=mem,
+      key_norms=True,
+    )
+    for kind, mem in (("linear", LINEAR), ("mlp", TITANS_MLP))
+    for momentum in (False, True)
   ),
   *(
     Case(
@@ -491,7 +518,7 @@ def _initial_state(case, w0):
   if case.init == "accum":
     q = dict(case.opts).get("q", 4.0)
     return {"w": [lq_normalise(a, q) for a in w0], "a": w0}
-  if case.preset == "titans_lmm":
+  if case.preset == "titans_lmm" or dict(case.opts).get("momentum"):
     return {"w": w0, "s": [np.zeros_like(w) for w in w0]}
   return {"w": w0}
 

@@ -230,6 +230,7 @@ def test_presets_options():
     "ttt_linear",
     "ttt_mlp",
     "titans_lmm",
+    "dgd",
     "moneta",
     "yaad",
     "memora",
