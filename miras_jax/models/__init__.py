@@ -9,6 +9,8 @@ from flax import nnx
 
 from miras_jax.models.config import (
   SIZES,
+  HopeAttentionConfig,
+  HopeConfig,
   HybridLMConfig,
   LMConfig,
   MirasLMConfig,
@@ -18,7 +20,17 @@ from miras_jax.models.config import (
   TransformerConfig,
 )
 from miras_jax.models.generate import generate, sample_logits
-from miras_jax.models.lm import LM, HybridLM, MirasLM, TitansMAC, TitansMAG, TitansMAL, Transformer
+from miras_jax.models.lm import (
+  LM,
+  Hope,
+  HopeAttention,
+  HybridLM,
+  MirasLM,
+  TitansMAC,
+  TitansMAG,
+  TitansMAL,
+  Transformer,
+)
 
 _REGISTRY = {
   "miras_lm": MirasLM,
@@ -27,6 +39,8 @@ _REGISTRY = {
   "titans_mag": TitansMAG,
   "titans_mal": TitansMAL,
   "transformer": Transformer,
+  "hope": Hope,
+  "hope_attention": HopeAttention,
 }
 
 
@@ -54,6 +68,10 @@ def get(name: str, config=None, *, rngs: nnx.Rngs):
 __all__ = [
   "LM",
   "SIZES",
+  "Hope",
+  "HopeAttention",
+  "HopeAttentionConfig",
+  "HopeConfig",
   "HybridLM",
   "HybridLMConfig",
   "LMConfig",

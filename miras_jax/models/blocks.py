@@ -6,6 +6,8 @@ it exactly, so decoding token by token and prefill + continue give the logits of
   ``x += SwiGLU(norm x)`` with either mixer optional (miras_lm, hybrid_lm, titans_mal, transformer).
 - ``GatedBlock``: Titans MAG (Eq 26–28), memory and sliding-window attention in parallel.
 - ``MACBlock``: Titans MAC (Eq 21–25), the memory as context of a segment-wise attention.
+- ``NestedBlock``: Hope / Hope-Attention (Nested Learning Eq 94–97), ``x += Mixer(norm x)``, then
+  ``x += CMS(norm x)`` (or the SwiGLU when the config turns the CMS off).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flax import nnx
 
 from miras_jax.nn.layers import Attention, KVCache, RMSNorm, SwiGLU
 from miras_jax.nn.memory import NeuralMemory, NeuralMemoryState
+from miras_jax.nn.nested import CMSLayer
 
 
 def neural_memory(c, rngs: nnx.Rngs) -> NeuralMemory:
@@ -219,3 +222,48 @@ class MACBlock(nnx.Module):
     x = x + jnp.concatenate(outs, 1)
     x = x + self.mlp(self.norm_mlp(x))
     return x, cache
+
+
+class NestedCache(NamedTuple):
+  mixer: Any  # the sequence mixer's state (self-modifying Titans state or attention KVCache)
+  cms: Any  # the CMS state (None when the block has a SwiGLU)
+
+
+class NestedBlock(nnx.Module):
+  """``x += mixer(RMSNorm x)``; ``x += CMS(RMSNorm x)``: Hope (mixer = self-modifying Titans) and
+  Hope-Attention (mixer = softmax attention). Pre-norm residual placement, as in the other models
+  (the paper's Fig 5 is not available as text; notes §9.9)."""
+
+  def __init__(self, c, mixer, *, rngs):
+    self.mixer = mixer
+    self.norm_mixer = RMSNorm(c.dim, rngs=rngs)
+    self.norm_mlp = RMSNorm(c.dim, rngs=rngs)
+    if c.cms:
+      self.mlp = CMSLayer(
+        c.dim,
+        c.mlp_hidden,
+        chunk_sizes=c.cms_chunk_sizes,
+        lrs=c.cms_lrs,
+        variant=c.cms_variant,
+        rngs=rngs,
+      )
+    else:
+      self.mlp = SwiGLU(c.dim, c.mlp_hidden, rngs=rngs)
+
+  def init_cache(self, batch: int) -> NestedCache:
+    if isinstance(self.mixer, Attention):
+      mixer = self.mixer.init_cache(batch)
+    else:
+      mixer = self.mixer.init_state(batch)
+    cms = self.mlp.init_state(batch) if isinstance(self.mlp, CMSLayer) else None
+    return NestedCache(mixer, cms)
+
+  def __call__(self, x, cache: NestedCache | None = None):
+    mixer_state, cms_state = cache if cache is not None else (None, None)
+    y, mixer_state = self.mixer(self.norm_mixer(x), mixer_state)
+    x = x + y
+    if isinstance(self.mlp, CMSLayer):
+      y, cms_state = self.mlp(self.norm_mlp(x), cms_state)
+    else:
+      y = self.mlp(self.norm_mlp(x))
+    return x + y, NestedCache(mixer_state, cms_state)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from miras_jax.core.cms import VARIANTS as CMS_VARIANTS
+from miras_jax.core.selfmod import MEMORIES as SELFMOD_MEMORIES
+
 SIZES = ("tiny", "170m", "340m", "760m", "1.3b")
 
 # Shared shape of each size: (layers, dim, heads, head_dim, vocab).
@@ -194,3 +197,81 @@ class TransformerConfig(LMConfig):
       raise ValueError(f"TransformerConfig.window must be >= 1 or None; got {self.window}")
     if self.max_len < 1:
       raise ValueError(f"TransformerConfig.max_len must be >= 1; got {self.max_len}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CMSFields(LMConfig):
+  """Fields of the models whose MLP block is a Continuum Memory System (Nested Learning §7).
+
+  ``mlp_hidden`` is the width of every CMS level (or of the SwiGLU when ``cms`` is False).
+  """
+
+  cms: bool = True  # CMS in place of the SwiGLU MLP (False: SwiGLU; Table 6 "w/o CMS")
+  cms_chunk_sizes: tuple = (2, 8, 32)  # C_ℓ per level: level ℓ updates every C_ℓ tokens
+  cms_lrs: tuple = (1e-2, 1e-2, 1e-2)  # η_ℓ per level (0 freezes a level)
+  cms_variant: str = "sequential"  # sequential | nested | independent
+
+  def _check(self):
+    if self.cms_variant not in CMS_VARIANTS:
+      raise ValueError(f"cms_variant must be one of {CMS_VARIANTS}; got {self.cms_variant!r}")
+    if len(self.cms_lrs) != len(self.cms_chunk_sizes) or not self.cms_chunk_sizes:
+      raise ValueError(
+        f"cms_lrs {self.cms_lrs!r} needs one rate per level of cms_chunk_sizes "
+        f"{self.cms_chunk_sizes!r}"
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class HopeConfig(CMSFields):
+  """``hope`` (Nested Learning Eq 94–97): self-modifying Titans, then the CMS, per block."""
+
+  chunk_size: int = 8  # C of M_k, M_v, M_eta, M_alpha (their reads use the last chunk's state)
+  memory_chunk_size: int = 8  # C of M_memory
+  memory_expansion: int = 2  # hidden width of each memory = memory_expansion · head_dim
+  max_lr: float = 0.1  # η = max_lr · σ(·)
+  dgd: bool = True  # DGD's rank-1 decay in the inner update (False: GD; Table 6 "w/o DGD")
+  retention: bool = True  # the α (weight decay) gate (False: α = 1; "w/o weight decay")
+  momentum: bool = True  # inner momentum over the DGD steps ("w/o momentum")
+  adaptive: tuple = SELFMOD_MEMORIES  # memories learning in context ("w/o inner-proj k/v")
+  conv_kernel: int = 4  # taps of the short causal convolution on x
+
+  # Paper sizes: CMS level widths fitted to the nominal count; level chunks 16/128/1024 tokens
+  # (the paper gives none for its LM runs; [KM] uses periods 1/4/32/128) and the self-modifying
+  # memories' chunks 8 (k, v, η, α) and 64 (memory), [KM]'s choice (§8.2 gives none).
+  SIZE_FIELDS: ClassVar[dict] = _paper(
+    (1280, 640, 1152, 1472),
+    cms_chunk_sizes=(16, 128, 1024),
+    cms_lrs=(1e-3, 1e-3, 1e-3),
+    memory_chunk_size=64,
+  )
+
+  def _check(self):
+    super()._check()
+    for name in ("chunk_size", "memory_chunk_size", "memory_expansion", "conv_kernel"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"HopeConfig.{name} must be >= 1; got {getattr(self, name)}")
+    unknown = set(self.adaptive) - set(SELFMOD_MEMORIES)
+    if unknown:
+      raise ValueError(f"adaptive: unknown memories {sorted(unknown)}; known {SELFMOD_MEMORIES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HopeAttentionConfig(CMSFields):
+  """``hope_attention`` (Nested Learning §8.3): softmax attention, then the CMS, per block."""
+
+  window: int | None = None  # sliding window (None: full causal attention)
+  max_len: int = 512  # decode cache length for full attention (the longest sequence decoded)
+
+  SIZE_FIELDS: ClassVar[dict] = _paper(
+    (1280, 640, 1216, 1600),
+    cms_chunk_sizes=(16, 128, 1024),
+    cms_lrs=(1e-3, 1e-3, 1e-3),
+    max_len=4096,
+  )
+
+  def _check(self):
+    super()._check()
+    if self.window is not None and self.window < 1:
+      raise ValueError(f"HopeAttentionConfig.window must be >= 1 or None; got {self.window}")
+    if self.max_len < 1:
+      raise ValueError(f"HopeAttentionConfig.max_len must be >= 1; got {self.max_len}")

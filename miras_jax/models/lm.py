@@ -6,6 +6,8 @@
     titans_mag   memory as gating (Titans Eq 26–28)
     titans_mal   memory as a layer (Titans Eq 29–31)
     transformer  Transformer++ (Llama) baseline
+    hope         self-modifying Titans + Continuum Memory System (Nested Learning Eq 94–97)
+    hope_attention  softmax attention + Continuum Memory System (Nested Learning §8.3)
 
 Every model: ``model(tokens [B, T], cache=None) -> (logits [B, T, V], cache)``; ``init_cache(batch)``
 gives the empty cache (memory states, attention ring buffers, MAC's segment buffer) and
@@ -18,9 +20,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from miras_jax.core.selfmod import SelfModTitans
 from miras_jax.models import config as cfg
-from miras_jax.models.blocks import Block, GatedBlock, MACBlock, neural_memory
+from miras_jax.models.blocks import Block, GatedBlock, MACBlock, NestedBlock, neural_memory
 from miras_jax.nn.layers import Attention, Linear, RMSNorm, param
+from miras_jax.nn.nested import SelfModifyingTitans
 
 
 class LM(nnx.Module):
@@ -148,3 +152,50 @@ class Transformer(LM):
       rngs=rngs,
     )
     return Block(c, None, attention, rngs=rngs)
+
+
+class Hope(LM):
+  """Hope (Nested Learning [ARX] Eq 94–97): per layer, self-modifying Titans (every projection but
+  q an in-context memory trained by DGD) then the Continuum Memory System in place of the MLP."""
+
+  config_class = cfg.HopeConfig
+
+  def _block(self, c, layer, rngs):
+    rule = SelfModTitans(
+      chunk_size=c.chunk_size,
+      memory_chunk_size=c.memory_chunk_size,
+      max_lr=c.max_lr,
+      dgd=c.dgd,
+      retention=c.retention,
+      momentum=c.momentum,
+      adaptive=tuple(c.adaptive),
+    )
+    mixer = SelfModifyingTitans(
+      c.dim,
+      c.heads,
+      c.head_dim,
+      rule=rule,
+      expansion=c.memory_expansion,
+      conv_kernel=c.conv_kernel,
+      rngs=rngs,
+    )
+    return NestedBlock(c, mixer, rngs=rngs)
+
+
+class HopeAttention(LM):
+  """Hope-Attention (Nested Learning §8.3): per layer, softmax attention (RoPE; full or windowed,
+  decoding as ``Transformer``) then the Continuum Memory System in place of the MLP."""
+
+  config_class = cfg.HopeAttentionConfig
+
+  def _block(self, c, layer, rngs):
+    attention = Attention(
+      c.dim,
+      c.heads,
+      c.head_dim,
+      window=c.window,
+      capacity=c.window or c.max_len,
+      rope_base=c.rope_base,
+      rngs=rngs,
+    )
+    return NestedBlock(c, attention, rngs=rngs)

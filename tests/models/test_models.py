@@ -21,6 +21,8 @@ _EXTRA = {
   "titans_mag": dict(_MEMORY, window=3, persistent=2),
   "titans_mal": dict(_MEMORY, window=3, persistent=2),
   "transformer": dict(max_len=16),
+  "hope": dict(chunk_size=2, memory_chunk_size=4, cms_chunk_sizes=(1, 2, 4), cms_lrs=(0.1,) * 3),
+  "hope_attention": dict(max_len=16, cms_chunk_sizes=(1, 3), cms_lrs=(0.1, 0.05)),
 }
 
 
@@ -197,6 +199,8 @@ def test_registry_configs_and_bad_input():
     "titans_mag",
     "titans_mal",
     "transformer",
+    "hope",
+    "hope_attention",
   }
   assert models.config("titans_mal", "340m").window == 2048
   assert models.config("titans_mac", "1.3b").dim == 2048
