@@ -1,0 +1,52 @@
+"""The sweeps' MQAR config: smaller and harder than ``configs/mqar.py`` (more key-value pairs,
+fewer steps) so that variants separate and one run takes well under a minute on 2 CPU cores.
+
+  python -m experiments.train --config=configs/sweeps/mqar.py --workdir=/tmp/sweep_mqar
+  python -m experiments.train --config=configs/sweeps/mqar.py:gated_delta_net --workdir=/tmp/s
+
+``arg``: a model name (default miras_lm, titans_lmm memory) or a memory preset name (then
+miras_lm with that preset). The sweeps (``experiments/sweep_*.py``) override model fields per
+variant. Chance accuracy on the queried values is 1 / (vocab / 2).
+"""
+
+import ml_collections
+
+from configs import common
+from miras_jax import models
+
+DATA_DIR = "runs/sweeps/tfds"  # prepared datasets, shared by all sweep runs (git-ignored)
+SEQ_LEN = 64  # tokens per example
+VOCAB = 64  # MQAR vocabulary (keys from one half, values from the other)
+PAIRS = 8  # key-value pairs per example, every key queried once
+
+
+def get_config(arg: str | None = None):
+  name = arg or "miras_lm"
+  overrides = dict(vocab=VOCAB, dim=64, layers=2, heads=2, head_dim=32, mlp_hidden=128)
+  if name not in models.names():
+    overrides["preset"] = name  # a memory preset: miras_lm with that rule
+    name = "miras_lm"
+  if name != "transformer":
+    overrides.update(chunk_size=16, gate_rank=16)
+  if name == "miras_lm":
+    overrides.setdefault("preset", "titans_lmm")
+  c = common.base(name, "tiny", **overrides)
+  c.data.name = "mqar"
+  c.data.options = ml_collections.ConfigDict(
+    dict(seq_len=SEQ_LEN, vocab=VOCAB, num_pairs=PAIRS, train_size=20000, test_size=512, seed=0)
+  )  # builder options: sequence length, vocabulary, key-value pairs, examples per split, seed
+  c.data.data_dir = DATA_DIR  # prepared datasets shared by every run of the sweeps
+  c.data.eval_split = "test"  # held-out split of the loop's evaluation
+  c.data.pack_len = 0  # MQAR examples are fixed-length
+  c.optimizer.lr = 3e-3  # peak learning rate
+  c.optimizer.warmup_steps = 30  # linear warmup steps
+  c.optimizer.weight_decay = 0.0  # no decoupled weight decay (a short synthetic run)
+  c.train.steps = 300  # optimizer steps
+  c.train.batch_size = 16  # sequences per step
+  c.train.log_every = 10  # steps between metric lines (the loss curve)
+  c.train.eval_every = 0  # the loop evaluates at the end only
+  c.train.eval_batches = 4  # batches of the loop's final evaluation
+  c.train.checkpoint_every = 100000  # one checkpoint, at the end (evaluate restores it)
+  c.train.keep_checkpoints = 1  # only the final checkpoint is needed
+  c.train.async_checkpoints = False  # the sweep evaluates right after training
+  return c

@@ -1,0 +1,460 @@
+"""Shared machinery of the ``experiments/sweep_*.py`` scripts: train + evaluate every (variant,
+seed), resumably, then aggregate over seeds into a markdown table, a PNG and a JSON-lines file.
+
+Layout under ``OUT/<sweep>/``::
+
+  <variant>/seed<k>/   the run's workdir (checkpoints, metrics.jsonl, eval.json)
+  results.jsonl        one JSON object per finished run (see ``run_one``)
+  summary.md           the aggregated table (mean ± std, min–max over seeds)
+  <sweep>.png          the plot
+
+A run whose (variant, seed) already has a line in ``results.jsonl`` is skipped, so a sweep that was
+stopped resumes where it left off (a half-trained run resumes from its last checkpoint).
+``publish`` copies the aggregated table, the PNG and the raw lines to ``docs/results/``.
+
+Custom memory rules: the model configs name their memory rule by preset; ``register_preset`` adds
+a composed ``Rule`` to ``miras_jax.presets`` in this process (used by the Titans ablation, whose
+no-momentum / no-forgetting rules have no preset or config switch of their own).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+METRICS = ("exact_match", "token_accuracy")
+
+
+def enable_compilation_cache(path: str = ".jax_cache/sweeps") -> None:
+  """JAX's persistent compilation cache (seeds after the first reuse the compiled programs)."""
+  import jax
+
+  Path(path).mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(Path(path).resolve()))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def register_preset(name: str, make: Callable[..., Any]) -> None:
+  """Adds preset ``name`` (``make(**options)`` returns a ``Rule``) to ``miras_jax.presets``.
+
+  Process-local: it lasts as long as this Python process (train and evaluate both run in it).
+  """
+  from miras_jax.core import presets
+
+  registry = presets._REGISTRY  # noqa: SLF001 (no public registration hook; see the module doc)
+  if name in registry and registry[name] is not make:
+    if getattr(registry[name], "_sweeplib", False):
+      registry[name] = make
+      return
+    raise ValueError(f"preset {name!r} already exists in miras_jax.presets")
+  make._sweeplib = True  # type: ignore[attr-defined]
+  registry[name] = make
+
+
+def read_lines(path: Path) -> list[dict]:
+  """The JSON objects of a JSON-lines file ([] when it does not exist)."""
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _loss_curve(workdir: Path) -> list[tuple[int, float]]:
+  rows = read_lines(workdir / "metrics.jsonl")
+  return [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r and "step" in r]
+
+
+def run_one(
+  sweep: str,
+  variant: str,
+  seed: int,
+  config,
+  workdir: Path,
+  *,
+  tasks: Sequence[str],
+  lengths: Sequence[int],
+  examples: int,
+  batch_size: int,
+) -> dict:
+  """Trains ``config`` with ``train.seed = seed`` in ``workdir``, evaluates it; returns the line:
+
+  ``{sweep, variant, seed, params, steps, batch_size, train_seconds, eval_seconds, final_loss,
+  final_accuracy, eval_accuracy, loss_curve: [[step, loss]], eval: {task: {length: {exact_match,
+  token_accuracy}}}, model, overrides}``. ``final_loss`` / ``final_accuracy`` are the last logged
+  training batch's; ``eval_accuracy`` is the loop's held-out accuracy at the last step.
+  """
+  from miras_jax.eval.runner import evaluate
+  from miras_jax.train.loop import train
+
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.train.seed = int(seed)
+  t0 = time.perf_counter()
+  summary = train(config, str(workdir))
+  t1 = time.perf_counter()
+  ev = evaluate(
+    config, str(workdir), tasks=tuple(tasks), lengths=tuple(lengths), examples=examples,
+    batch_size=batch_size,
+  )  # fmt: skip
+  t2 = time.perf_counter()
+  if summary.get("status") != "completed":
+    raise RuntimeError(f"{sweep}/{variant}/seed{seed}: training ended {summary.get('status')!r}")
+  curve = _loss_curve(workdir)
+  evals: dict[str, dict[str, dict[str, float]]] = {}
+  for r in ev["results"]:
+    evals.setdefault(r["task"], {})[str(r["length"])] = {m: r[m] for m in METRICS}
+  return {
+    "sweep": sweep,
+    "variant": variant,
+    "seed": int(seed),
+    "model": config.model.name,
+    "overrides": {k: _jsonable(v) for k, v in config.model.overrides.items()},
+    "params": int(summary["params"]),
+    "steps": int(summary["step"]),
+    "batch_size": int(config.train.batch_size),
+    "train_seconds": round(t1 - t0, 2),
+    "eval_seconds": round(t2 - t1, 2),
+    "final_loss": curve[-1][1] if curve else None,
+    "eval_accuracy": summary.get("eval/accuracy"),
+    "loss_curve": curve,
+    "eval": evals,
+  }
+
+
+def _jsonable(v):
+  if isinstance(v, (list, tuple)):
+    return [_jsonable(x) for x in v]
+  if isinstance(v, dict) or hasattr(v, "items"):
+    return {str(k): _jsonable(x) for k, x in v.items()}
+  return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+
+
+def run_sweep(
+  sweep: str,
+  variants: Sequence[tuple[str, Any]],
+  seeds: Iterable[int],
+  out: str,
+  *,
+  tasks: Sequence[str],
+  lengths: Sequence[int],
+  examples: int = 256,
+  batch_size: int = 64,
+  runner: Callable[..., dict] = run_one,
+  reuse: dict[str, tuple[str, str]] | None = None,
+) -> list[dict]:
+  """Runs every (variant, seed) not yet in ``OUT/<sweep>/results.jsonl``; returns all lines.
+
+  ``variants``: ``(name, config)`` pairs (names must be unique and path-safe). Each finished run
+  appends its line at once, so a stopped sweep loses at most the run in progress.
+  """
+  names = [name for name, _ in variants]
+  if len(set(names)) != len(names):
+    raise ValueError(f"variant names must be unique; got {names}")
+  bad = [n for n in names if not n or "/" in n or n != n.strip()]
+  if bad:
+    raise ValueError(f"variant names must be non-empty path components; got {bad}")
+  root = Path(out) / sweep
+  root.mkdir(parents=True, exist_ok=True)
+  results = root / "results.jsonl"
+  seeds = list(seeds)
+  for name, config in variants:
+    for seed in seeds:
+      done = {(r["variant"], r["seed"]) for r in read_lines(results)}
+      if (name, seed) in done:
+        print(f"[{sweep}] {name} seed {seed}: done, skipped", flush=True)
+        continue
+      copied = _reused(Path(out), (reuse or {}).get(name), seed, config)
+      if copied is not None:
+        copied.update(
+          sweep=sweep, variant=name, reused_from=copied["sweep"] + "/" + copied["variant"]
+        )
+        with results.open("a") as f:
+          f.write(json.dumps(copied) + "\n")
+        print(f"[{sweep}] {name} seed {seed}: reused {copied['reused_from']}", flush=True)
+        continue
+      workdir = root / name / f"seed{seed}"
+      line = runner(
+        sweep, name, seed, config, workdir, tasks=tasks, lengths=lengths, examples=examples,
+        batch_size=batch_size,
+      )  # fmt: skip
+      with results.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+      print(f"[{sweep}] {name} seed {seed}: {_short(line)}", flush=True)
+  return read_lines(results)
+
+
+def _reused(out: Path, source: tuple[str, str] | None, seed: int, config) -> dict | None:
+  if source is None:
+    return None
+  other, variant = source
+  want = {k: _jsonable(v) for k, v in config.model.overrides.items()}
+  for r in read_lines(out / other / "results.jsonl"):
+    same = (r["variant"], r["seed"], r["model"], r["overrides"], r["steps"], r["batch_size"]) == (
+      variant, seed, config.model.name, want, config.train.steps, config.train.batch_size
+    )  # fmt: skip
+    if same:
+      return dict(r)
+  return None
+
+
+def _short(line: dict) -> str:
+  accs = ", ".join(
+    f"{task}@{length} {m['exact_match']:.3f}"
+    for task, by_len in line["eval"].items()
+    for length, m in by_len.items()
+  )
+  return f"train {line['train_seconds']:.0f}s, loss {line['final_loss']}, exact match: {accs}"
+
+
+# ---- aggregation --------------------------------------------------------------------------------
+def stats(values: Sequence[float]) -> dict[str, float]:
+  """``{mean, std, min, max, n}``; ``std`` is the sample standard deviation (ddof 1; 0 for n=1)."""
+  values = [float(v) for v in values]
+  if not values:
+    raise ValueError("stats of no values")
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return dict(mean=statistics.fmean(values), std=std, min=min(values), max=max(values),
+              n=len(values))  # fmt: skip
+
+
+def aggregate(lines: Sequence[dict], order: Sequence[str] | None = None) -> list[dict]:
+  """Per variant (in ``order``, else first appearance): params, seeds, mean train seconds, final
+  loss statistics and, per ``task@length`` and metric, the statistics over seeds."""
+  variants = list(order) if order else list(dict.fromkeys(r["variant"] for r in lines))
+  rows = []
+  for v in variants:
+    runs = [r for r in lines if r["variant"] == v]
+    if not runs:
+      continue
+    cells: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+      for task, by_len in r["eval"].items():
+        for length, metrics in by_len.items():
+          for m, x in metrics.items():
+            cells.setdefault(f"{task}@{length}", {}).setdefault(m, []).append(x)
+    rows.append(
+      dict(
+        variant=v,
+        params=sorted({r["params"] for r in runs}),
+        seeds=sorted(r["seed"] for r in runs),
+        steps=sorted({r["steps"] for r in runs}),
+        train_seconds=stats([r["train_seconds"] for r in runs]),
+        final_loss=stats(
+          [r["final_loss"] for r in runs if r["final_loss"] is not None] or [math.nan]
+        ),
+        eval={
+          key: {m: stats(xs) for m, xs in by_metric.items()}
+          for key, by_metric in sorted(cells.items(), key=lambda kv: _cell_key(kv[0]))
+        },
+      )
+    )
+  return rows
+
+
+def _cell_key(cell: str):
+  task, _, length = cell.rpartition("@")
+  return (task, int(length))
+
+
+def fmt(s: dict, digits: int = 3) -> str:
+  """``mean ± std (min–max)``."""
+  return (
+    f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+  )
+
+
+def table(rows: Sequence[dict], metric: str = "exact_match") -> str:
+  """Markdown table: one row per variant, one column per ``task@length`` (``metric``)."""
+  cells = list(dict.fromkeys(c for r in rows for c in r["eval"]))
+  head = ["variant", "params", "seeds", "train s/run", "final train loss"] + [
+    f"{c} {metric}" for c in cells
+  ]
+  out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    params = "/".join(f"{p:,}" for p in r["params"])
+    row = [r["variant"], params, str(len(r["seeds"])), f"{r['train_seconds']['mean']:.0f}",
+           fmt(r["final_loss"])]  # fmt: skip
+    row += [fmt(r["eval"][c][metric]) if c in r["eval"] else "—" for c in cells]
+    out.append("| " + " | ".join(row) + " |")
+  return "\n".join(out) + "\n"
+
+
+def plot(rows: Sequence[dict], path: str, title: str, metric: str = "exact_match") -> None:
+  """One panel per task: bars (one length) or lines against context length (several lengths),
+  mean with min–max error bars, seeds as dots."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tasks = list(dict.fromkeys(c.rpartition("@")[0] for r in rows for c in r["eval"]))
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
+  for ax, task in zip(axes[0], tasks, strict=True):
+    lengths = sorted(
+      {int(c.rpartition("@")[2]) for r in rows for c in r["eval"] if c.startswith(task + "@")}
+    )
+    if len(lengths) == 1:
+      key = f"{task}@{lengths[0]}"
+      xs = range(len(rows))
+      means = [r["eval"][key][metric]["mean"] for r in rows]
+      lo = [m - r["eval"][key][metric]["min"] for m, r in zip(means, rows, strict=True)]
+      hi = [r["eval"][key][metric]["max"] - m for m, r in zip(means, rows, strict=True)]
+      ax.bar(xs, means, yerr=[lo, hi], capsize=4, color="tab:blue", alpha=0.7)
+      ax.set_xticks(list(xs), [r["variant"] for r in rows], rotation=20, ha="right", fontsize=8)
+      ax.set_xlabel(f"length {lengths[0]}")
+    else:
+      for r in rows:
+        ls = [n for n in lengths if f"{task}@{n}" in r["eval"]]
+        s = [r["eval"][f"{task}@{n}"][metric] for n in ls]
+        means = [x["mean"] for x in s]
+        ax.errorbar(ls, means, yerr=[[m - x["min"] for m, x in zip(means, s, strict=True)],
+                                     [x["max"] - m for m, x in zip(means, s, strict=True)]],
+                    marker="o", capsize=3, label=r["variant"])  # fmt: skip
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel("context length (tokens)")
+      ax.legend(fontsize=8)
+    ax.set_title(task, fontsize=9)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+  fig.suptitle(title + " (mean, bars/whiskers: min–max over seeds)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def publish(sweep: str, out: str, rows: Sequence[dict], docs: str = "docs/results", *,
+            title: str, metric: str = "exact_match") -> dict[str, Path]:  # fmt: skip
+  """Writes ``OUT/<sweep>/summary.md`` and ``<sweep>.png`` and copies them with the raw lines
+  (``results.jsonl`` without the loss curves) and the aggregate (``<sweep>_aggregate.json``) to
+  ``docs``; returns the written paths."""
+  root = Path(out) / sweep
+  docs_dir = Path(docs)
+  docs_dir.mkdir(parents=True, exist_ok=True)
+  md = table(rows, metric)
+  (root / "summary.md").write_text(md)
+  png = root / f"{sweep}.png"
+  plot(rows, str(png), title, metric)
+  paths = {
+    "table": docs_dir / f"{sweep}.md",
+    "plot": docs_dir / f"{sweep}.png",
+    "lines": docs_dir / f"{sweep}.jsonl",
+    "aggregate": docs_dir / f"{sweep}_aggregate.json",
+  }
+  paths["table"].write_text(md)
+  shutil.copyfile(png, paths["plot"])
+  lines = read_lines(root / "results.jsonl")
+  with paths["lines"].open("w") as f:
+    for line in lines:
+      f.write(json.dumps({k: v for k, v in line.items() if k != "loss_curve"}) + "\n")
+  paths["aggregate"].write_text(json.dumps(list(rows), indent=1) + "\n")
+  return paths
+
+
+def finish(sweep: str, out: str, order: Sequence[str], *, title: str, docs: str = "docs/results",
+           metric: str = "exact_match") -> list[dict]:  # fmt: skip
+  """Aggregates ``OUT/<sweep>/results.jsonl`` (variants in ``order``), publishes, prints the table."""
+  lines = read_lines(Path(out) / sweep / "results.jsonl")
+  rows = aggregate(lines, order)
+  publish(sweep, out, rows, docs, title=title, metric=metric)
+  print(table(rows, metric), flush=True)
+  return rows
+
+
+def quiet() -> None:
+  """Less absl / orbax logging in the sweep processes."""
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# ---- configs and the scripts' shared main -------------------------------------------------------
+def count_params(config) -> int:
+  """Parameters of the model that ``config`` trains (built abstractly, nothing allocated)."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from miras_jax import models
+
+  m = config.model
+  model_config = models.config(m.name, m.size, **m.overrides)
+  abstract = nnx.eval_shape(lambda: models.get(m.name, model_config, rngs=nnx.Rngs(0)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def match_params(config, target: int, field: str = "mlp_hidden"):
+  """A copy of ``config`` whose model's ``field`` (an int, default the SwiGLU width) is the one
+  bringing the parameter count nearest to ``target`` (the count grows monotonically with it)."""
+
+  def with_value(v):
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      c.model.overrides[field] = int(v)
+    return c
+
+  lo, hi = 1, 8 * max(int(config.model.overrides.get(field, 64)), 64)
+  while count_params(with_value(hi)) < target:
+    hi *= 2
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if count_params(with_value(mid)) < target:
+      lo = mid
+    else:
+      hi = mid
+  best = min((lo, hi), key=lambda v: abs(count_params(with_value(v)) - target))
+  return with_value(best)
+
+
+def with_overrides(config, *, steps: int | None = None, **model_overrides):
+  """A copy of ``config`` with model overrides (and ``train.steps`` when given) applied."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for k, v in model_overrides.items():
+      c.model.overrides[k] = v
+    if steps:
+      c.train.steps = int(steps)
+  return c
+
+
+def define_flags():
+  """The flags every sweep script takes (call at import time of the script)."""
+  from absl import flags
+
+  flags.DEFINE_integer("seeds", 3, "seeds per variant (0 … seeds-1)")
+  flags.DEFINE_string("out", "runs/sweeps", "output root (OUT/<sweep>/…)")
+  flags.DEFINE_integer("steps", 0, "training steps per run (0: the config's)")
+  flags.DEFINE_string("docs", "docs/results", "where the table, plot and lines are published")
+  flags.DEFINE_bool("aggregate_only", False, "only aggregate and publish the finished runs")
+  flags.DEFINE_list("only", [], "run only these variants (default all)")
+
+
+def main(sweep: str, variants: Sequence[tuple[str, Any]], *, tasks: Sequence[str],
+         lengths: Sequence[int], title: str, metric: str, examples: int = 256,
+         batch_size: int = 64, reuse: dict | None = None) -> None:  # fmt: skip
+  """Runs the sweep as the flags of ``define_flags`` say, then aggregates and publishes."""
+  from absl import flags
+
+  f = flags.FLAGS
+  quiet()
+  enable_compilation_cache()
+  if f.steps:
+    variants = [(n, with_overrides(c, steps=f.steps)) for n, c in variants]
+  order = [n for n, _ in variants]
+  unknown = [n for n in f.only if n not in order]
+  if unknown:
+    raise ValueError(f"--only: unknown variants {unknown}; known: {order}")
+  todo = [(n, c) for n, c in variants if not f.only or n in f.only]
+  if not f.aggregate_only:
+    run_sweep(sweep, todo, range(f.seeds), f.out, tasks=tasks, lengths=lengths,
+              examples=examples, batch_size=batch_size, reuse=reuse)  # fmt: skip
+  finish(sweep, f.out, order, title=title, docs=f.docs, metric=metric)
