@@ -3,6 +3,7 @@
 
   python -m experiments.train --config=configs/mqar.py --workdir=/tmp/mqar
   python -m experiments.train --config=configs/mqar.py:titans_mac --workdir=/tmp/mqar_mac
+  python -m experiments.train --config=configs/mqar.py:hope --workdir=/tmp/mqar_hope
 
 ``arg``: the model (default miras_lm with the titans_lmm memory). Chance accuracy on the queried
 values is 1 / (vocab / 2).
@@ -14,8 +15,10 @@ from configs import common
 def get_config(arg: str | None = None):
   name = arg or "miras_lm"
   overrides = dict(vocab=64, dim=64, layers=2, heads=2, head_dim=32, mlp_hidden=128)
-  if name != "transformer":
+  if name in ("miras_lm", "hybrid_lm", "titans_mac", "titans_mag", "titans_mal"):
     overrides.update(chunk_size=16, gate_rank=16)
+  if name == "hope":
+    overrides.update(chunk_size=8, memory_chunk_size=8)
   if name == "miras_lm":
     overrides["preset"] = "titans_lmm"
   c = common.base(name, "tiny", **overrides)

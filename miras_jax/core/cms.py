@@ -124,7 +124,10 @@ class CMS:
           f"params[{i}] must be (W_in [m, {d}], W_out [{d}, m]); got {w_in.shape}, {w_out.shape}"
         )
     if self.variant == "nested" and len({p[0].shape for p in params}) > 1:
-      raise ValueError("nested CMS needs every level to have the same width")
+      raise ValueError(
+        f"params: nested CMS needs every level to have the same width; got "
+        f"{[p[0].shape[0] for p in params]}"
+      )
     accum = jax.tree.map(jnp.zeros_like, params)
     return CMSState(params, accum, jnp.zeros((), jnp.int32))
 
@@ -146,15 +149,20 @@ class CMS:
   # ---- the per-block computation shared by both forms ---------------------------------------------
   def _read_and_grads(self, params, outer: CMSOuter, x, mask):
     """Outputs of tokens ``x: [c, d]`` at ``params`` and each level's Σ_t η_ℓ ∇ℓ_ℓ (masked)."""
-    grad = jax.vmap(jax.grad(self.inner_loss), in_axes=(None, 0, 0))
     sums, h = [], x
     branches = []
     for lvl, theta in enumerate(params):
       inp = x if self.variant == "independent" else h
       b = self.branch(theta, inp)
-      g = grad(theta, inp, inp @ outer.values[lvl].T)
+
+      def block_loss(th, inp=inp, lvl=lvl):  # Σ_t m_t ℓ(θ; h_t): one backward for the block
+        per_token = jax.vmap(self.inner_loss, in_axes=(None, 0, 0))(
+          th, inp, inp @ outer.values[lvl].T
+        )
+        return jnp.dot(mask, per_token)
+
       lr = self.lrs[lvl]
-      sums.append(jax.tree.map(lambda a, lr=lr: lr * jnp.tensordot(mask, a, 1), g))
+      sums.append(jax.tree.map(lambda a, lr=lr: lr * a, jax.grad(block_loss)(theta)))
       branches.append(b)
       h = h + b
     if self.variant == "independent":

@@ -7,13 +7,15 @@ Every projection is an in-context memory that generates its own values. Memories
 
 and per token t (q_t = W_q x_t is the one non-adaptive projection, given by the caller):
 
-    k_t = normalize(M_k(x_t)),  v_t = M_v(x_t),  q_t ← normalize(q_t)
+    k_t = normalize(M_k(x_t)),  v_t = normalize(M_v(x_t)),  q_t ← normalize(q_t)
     η_t = max_lr · σ(w_η·M_eta(x_t) + b_η),  α_t = σ(w_α·M_alpha(x_t) + b_α)
     o_t = M_memory(q_t)                                                   (Eq 85; the output)
     v̂_□,t = M_□(v_t)                                                     (Eq 84; self-generated)
     G_□,t = ∇_W ½‖M_W(k_t) − v̂_□,t‖²                                     (v̂ fixed in the inner problem)
     W_□,2 ← W_□,2 (α_t I − η'_t k_t k_tᵀ) − η'_t G_□,2    η'_t = η_t/(1 + η_t‖k_t‖²)   (Eq 88, DGD)
-    W_□,1 ← α_t W_□,1 − η_t G_□,1
+    W_□,1 ← W_□,1 (α_t I − η''_t h_t h_tᵀ) − η''_t G_□,1  η''_t = η_t/(1 + η_t‖h_t‖²)
+
+with ``h_t = σ(W_□,2 k_t)`` the second layer's input (at the gradient's base point).
 
 **Chunking (§8.2, Eq 90).** Two chunk sizes: ``memory_chunk_size`` for M_memory and ``chunk_size``
 for the others. Every read (k, v, η, α, o, v̂) and every gradient G uses the memory's state at the end
@@ -21,15 +23,28 @@ of its previous chunk (the prose of §8.2; Eq 90's ``C·⌈t/C⌉`` read literal
 while the DGD recurrence itself runs token by token. With both chunk sizes 1 this is the token
 recurrence of Eqs 83–88, reading ``M_{t−1}`` (Eq 85).
 
-**Interpretations where the paper is silent** (notes §9.5–9.6): the rank-1 ``kkᵀ`` decay acts on the
-first layer only (its input is k; [KM]'s reading); η and α are scalars read out of the d-dimensional
-M_eta, M_alpha by learned vectors (w, b) (the paper's memories are d → d); σ = SiLU; the ℓ2 loss
-carries ½. ``momentum=True`` passes each step through a per-head momentum
-``S ← μ S + step, W ← α W + S`` (μ = σ(outer.momentum), learned): [ARX] Table 6 ablates "momentum",
-which Eqs 86–93 do not show. ``dgd=False`` drops the ``−η' W k kᵀ`` term (plain GD, Table 6 "w/o
-DGD"), ``retention=False`` fixes α = 1 ("w/o weight decay"), ``adaptive`` lists the memories that
-learn in context (the others stay at their meta-learned initial state: "w/o inner-proj k/v").
-Outer gradients flow through all writes (second order).
+**Interpretations where the paper is silent** (notes §9.5–9.6):
+
+- Eq 88 is written for a matrix memory. For the 2-layer memory every layer takes the DGD step of its
+  own proximal problem (notes §2: each layer is a memory from its input x̂ to its output gradient δ),
+  so the rank-1 decay uses k for W_2 and h for W_1 ([KM] decays W_2 only and steps W_1 plainly).
+- v is L2-normalised like q and k (the paper normalises q and k only).
+- ``momentum=True`` adds a per-head momentum over the surprise only, ``S ← μ S − η' G``,
+  ``W ← W(αI − η' x xᵀ) + S``, μ = σ(outer.momentum) learned: [ARX] Table 6 ablates "momentum",
+  which Eqs 86–93 do not show.
+- η and α are scalars read out of the d-dimensional M_eta, M_alpha by learned vectors (w, b) (the
+  paper's memories are d → d); σ = SiLU; the ℓ2 loss carries ½.
+
+Why (measured on a tiny Hope's first layer, MQAR inputs, max_lr 0.1, momentum on, 64 tokens): with a
+raw v and [KM]'s W_2-only decay the memory weights reached ~1e35; with a raw v and per-layer DGD,
+1e5 to 1e31 (also at chunk size 1, and with the decay passed through the momentum); with a
+normalised v and per-layer DGD they stayed below 0.2 at max_lr 0.1 and 1.0, chunk sizes 1 and 8.
+A raw v makes the self-generated target M(v) grow faster than the prediction M(k).
+
+``dgd=False`` drops the ``−η' W x xᵀ`` terms (plain GD, Table 6 "w/o DGD"), ``retention=False``
+fixes α = 1 ("w/o weight decay"), ``adaptive`` lists the memories that learn in context (the others
+stay at their meta-learned initial state: "w/o inner-proj k/v"). Outer gradients flow through all
+writes (second order).
 
 Shapes: ``x, q: [T, d]`` → ``o: [T, d]``.
 """
@@ -112,8 +127,18 @@ class SelfModTitans:
     w2, w1 = w
     return z + ACTIVATIONS[self.activation](z @ w2.T) @ w1.T
 
-  def _inner_grad(self, w, k, target):
-    return jax.grad(lambda w: 0.5 * jnp.sum(jnp.square(self.apply(w, k) - target)))(w)
+  def _inner_factors(self, w, k, target):
+    """The inner gradient of ½‖M_W(k) − v̂‖² in rank-1 factors, for ``k, target: [c, d]``.
+
+    ``G_2 = δ_2 kᵀ`` and ``G_1 = e hᵀ`` with ``e = M(k) − v̂``, ``h = σ(W_2 k)`` and
+    ``δ_2 = σ'(W_2 k) ⊙ W_1ᵀ e``. Returns ``((δ_2, k), (e, h))`` per layer: ``(output grad, input)``,
+    each ``[c, ·]``; never forms the per-token matrices."""
+    w2, w1 = w
+    pre = k @ w2.T
+    h, act_vjp = jax.vjp(ACTIVATIONS[self.activation], pre)
+    e = k + h @ w1.T - target
+    (d2,) = act_vjp(e @ w1)
+    return (d2, k), (e, h)
 
   def init_state(self, weights: dict) -> SelfModState:
     """State at t = 0 from the meta-learned ``{name: (W_2 [m, d], W_1 [d, m])}``."""
@@ -133,36 +158,44 @@ class SelfModTitans:
   def _reads(self, base: dict, outer: SelfModOuter, x, q):
     """Everything a token computes from the chunk-start states (vectorised over ``x, q: [c, d]``)."""
     k = _normalize(self.apply(base["k"], x))
-    v = self.apply(base["v"], x)
+    v = _normalize(self.apply(base["v"], x))
     eta = self.max_lr * jax.nn.sigmoid(self.apply(base["eta"], x) @ outer.eta_w + outer.eta_b)
     if self.retention:
       alpha = jax.nn.sigmoid(self.apply(base["alpha"], x) @ outer.alpha_w + outer.alpha_b)
     else:
       alpha = jnp.ones_like(eta)
     out = self.apply(base["memory"], _normalize(q))
-    grads = {}
-    for n in self.adaptive:
-      target = self.apply(base[n], v)  # v̂_□ = M_□(v)
-      grads[n] = jax.vmap(self._inner_grad, in_axes=(None, 0, 0))(base[n], k, target)
-    return out, (k, eta, alpha, grads)
+    factors = {n: self._inner_factors(base[n], k, self.apply(base[n], v)) for n in self.adaptive}
+    return out, (eta, alpha, factors)  # v̂_□ = M_□(v) is the target of memory □
 
-  def _write(self, weights, momentum, mu, k, eta, alpha, grads, real):
-    """One token's DGD write of every adaptive memory (no-op where ``real`` is False)."""
-    lr_k = eta / (1.0 + eta * jnp.dot(k, k))
+  def _write(self, weights, momentum, mu, eta, alpha, factors, real):
+    """One token's DGD write of every adaptive memory (no-op where ``real`` is False).
+
+    Per layer with input x (k for W_2, h for W_1) and rate r = η/(1 + η‖x‖²) (DGD) or η (GD):
+    the retention part ``W(αI − r x xᵀ)`` acts on W directly and the surprise ``−r G = −r δ xᵀ`` is
+    the step, passed through the momentum when it is on (``S ← μ S − r G``, as Titans' momentum
+    carries only the surprise)."""
+    real = jnp.asarray(real, eta.dtype)  # padding tokens: α → 1, rates → 0, no momentum term
+    alpha = real * alpha + (1.0 - real)
     new_w, new_s = dict(weights), None if momentum is None else dict(momentum)
     for n in self.adaptive:
-      w2, w1 = weights[n]
-      g2, g1 = grads[n]
-      if self.dgd:
-        s2 = -lr_k * (g2 + jnp.outer(w2 @ k, k))
-      else:
-        s2 = -eta * g2
-      step = (s2, -eta * g1)
+      ws, ss = [], []
+      for i, (w, (delta, x)) in enumerate(zip(weights[n], factors[n], strict=True)):
+        if self.dgd:  # the exact proximal step of this layer's regression x ↦ −δ
+          r = real * eta / (1.0 + eta * jnp.dot(x, x))
+          decay = r * (w @ x)
+        else:
+          r, decay = real * eta, 0.0
+        if momentum is None:
+          ws.append(alpha * w - jnp.outer(decay + r * delta, x))
+        else:
+          s_i = momentum[n][i]
+          s_i = (real * mu + (1.0 - real)) * s_i - jnp.outer(r * delta, x)
+          ss.append(s_i)
+          ws.append(alpha * w - jnp.outer(decay, x) + real * s_i)
+      new_w[n] = tuple(ws)
       if momentum is not None:
-        step = jax.tree.map(lambda s, u: mu * s + u, momentum[n], step)
-        new_s[n] = jax.tree.map(lambda a, b: jnp.where(real, a, b), step, momentum[n])
-      cand = jax.tree.map(lambda w, u: alpha * w + u, weights[n], step)
-      new_w[n] = jax.tree.map(lambda a, b: jnp.where(real, a, b), cand, weights[n])
+        new_s[n] = tuple(ss)
     return new_w, new_s
 
   def _rebase(self, weights, base, end, real):
@@ -191,6 +224,11 @@ class SelfModTitans:
       raise ValueError(f"q must have T={x.shape[0]} rows like x; got {q.shape}")
     if tuple(outer.eta_w.shape) != (d,) or tuple(outer.alpha_w.shape) != (d,):
       raise ValueError(f"outer.eta_w and outer.alpha_w must have shape [{d}]")
+    for name in ("eta_b", "alpha_b", "momentum"):
+      if jnp.ndim(getattr(outer, name)) != 0:
+        raise ValueError(
+          f"outer.{name} must be a scalar; got shape {jnp.shape(getattr(outer, name))}"
+        )
 
 
 def selfmod_apply(rule: SelfModTitans, state: SelfModState, x, q, outer, *, aligned=False):
@@ -213,14 +251,14 @@ def selfmod_apply(rule: SelfModTitans, state: SelfModState, x, q, outer, *, alig
   def block(carry, inp):
     weights, base, momentum = carry
     xc, qc, mc, end = inp
-    out, (k, eta, alpha, grads) = rule._reads(base, outer, xc, qc)
+    out, reads = rule._reads(base, outer, xc, qc)
 
     def token(carry, tok):
       w, s = carry
-      kt, et, at, gt, rt = tok
-      return rule._write(w, s, mu, kt, et, at, gt, rt > 0), None
+      *per_token, real = tok
+      return rule._write(w, s, mu, *per_token, real > 0), None
 
-    (weights, momentum), _ = jax.lax.scan(token, (weights, momentum), (k, eta, alpha, grads, mc))
+    (weights, momentum), _ = jax.lax.scan(token, (weights, momentum), (*reads, mc))
     base = rule._rebase(weights, base, end, mc[-1] > 0)
     return (weights, base, momentum), out
 
@@ -238,8 +276,8 @@ def selfmod_reference(rule: SelfModTitans, state: SelfModState, x, q, outer):
   def token(carry, inp):
     weights, base, momentum, pos = carry
     xt, qt = inp
-    out, (k, eta, alpha, grads) = rule._reads(base, outer, xt[None], qt[None])
-    one = jax.tree.map(lambda a: a[0], (k, eta, alpha, grads))
+    out, reads = rule._reads(base, outer, xt[None], qt[None])
+    one = jax.tree.map(lambda a: a[0], reads)
     weights, momentum = rule._write(weights, momentum, mu, *one, jnp.asarray(True))
     base = rule._rebase(weights, base, pos + 1, jnp.asarray(True))
     return (weights, base, momentum, pos + 1), out[0]
