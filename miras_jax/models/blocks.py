@@ -4,6 +4,9 @@ it exactly, so decoding token by token and prefill + continue give the logits of
 
 - ``Block``: pre-norm residual, ``x += Memory(norm x)``, ``x += Attention(norm x)``,
   ``x += SwiGLU(norm x)`` with either mixer optional (miras_lm, hybrid_lm, titans_mal, transformer).
+
+Every block's MLP is the SwiGLU, or the Continuum Memory System when the config says ``cms=True``
+(Nested Learning §7: "usable in place of the MLP block of any model"); its state joins the cache.
 - ``GatedBlock``: Titans MAG (Eq 26–28), memory and sliding-window attention in parallel.
 - ``MACBlock``: Titans MAC (Eq 21–25), the memory as context of a segment-wise attention.
 - ``NestedBlock``: Hope / Hope-Attention (Nested Learning Eq 94–97), ``x += Mixer(norm x)``, then
@@ -39,9 +42,36 @@ def neural_memory(c, rngs: nnx.Rngs) -> NeuralMemory:
   )
 
 
+def mlp_block(c, rngs: nnx.Rngs):
+  """The MLP block of a config: the SwiGLU, or the Continuum Memory System when ``c.cms``."""
+  if c.cms:
+    return CMSLayer(
+      c.dim,
+      c.mlp_hidden,
+      chunk_sizes=c.cms_chunk_sizes,
+      lrs=c.cms_lrs,
+      variant=c.cms_variant,
+      rngs=rngs,
+    )
+  return SwiGLU(c.dim, c.mlp_hidden, rngs=rngs)
+
+
+def mlp_init(mlp, batch: int):
+  """The MLP block's per-sequence state (None for the stateless SwiGLU)."""
+  return mlp.init_state(batch) if isinstance(mlp, CMSLayer) else None
+
+
+def mlp_apply(mlp, x, state):
+  """``(y, state)`` of the MLP block on ``x`` (the CMS continues ``state``)."""
+  if isinstance(mlp, CMSLayer):
+    return mlp(x, state)
+  return mlp(x), None
+
+
 class BlockCache(NamedTuple):
   memory: NeuralMemoryState | None  # the memory block's state (None without one)
   attention: KVCache | None  # the attention's ring buffer (None without attention)
+  mlp: Any = None  # the CMS state when the MLP block is a CMS (None for the SwiGLU)
 
 
 class Block(nnx.Module):
@@ -55,25 +85,26 @@ class Block(nnx.Module):
     self.norm_memory = RMSNorm(c.dim, rngs=rngs) if memory is not None else None
     self.norm_attention = RMSNorm(c.dim, rngs=rngs) if attention is not None else None
     self.norm_mlp = RMSNorm(c.dim, rngs=rngs)
-    self.mlp = SwiGLU(c.dim, c.mlp_hidden, rngs=rngs)
+    self.mlp = mlp_block(c, rngs)
 
   def init_cache(self, batch: int) -> BlockCache:
     return BlockCache(
       self.memory.init_state(batch) if self.memory is not None else None,
       self.attention.init_cache(batch) if self.attention is not None else None,
+      mlp_init(self.mlp, batch),
     )
 
   def __call__(self, x, cache: BlockCache | None = None):
     cache = cache if cache is not None else BlockCache(None, None)
-    memory_state, kv = cache
+    memory_state, kv, mlp_state = cache
     if self.memory is not None:
       y, memory_state = self.memory(self.norm_memory(x), memory_state)
       x = x + y
     if self.attention is not None:
       y, kv = self.attention(self.norm_attention(x), kv)
       x = x + y
-    x = x + self.mlp(self.norm_mlp(x))
-    return x, BlockCache(memory_state, kv)
+    y, mlp_state = mlp_apply(self.mlp, self.norm_mlp(x), mlp_state)
+    return x + y, BlockCache(memory_state, kv, mlp_state)
 
 
 class GatedBlock(nnx.Module):
@@ -103,19 +134,21 @@ class GatedBlock(nnx.Module):
     self.norm_y = RMSNorm(c.dim, rngs=rngs)
     self.norm_m = RMSNorm(c.dim, rngs=rngs)
     self.norm_mlp = RMSNorm(c.dim, rngs=rngs)
-    self.mlp = SwiGLU(c.dim, c.mlp_hidden, rngs=rngs)
+    self.mlp = mlp_block(c, rngs)
 
   def init_cache(self, batch: int) -> BlockCache:
-    return BlockCache(self.memory.init_state(batch), self.attention.init_cache(batch))
+    return BlockCache(
+      self.memory.init_state(batch), self.attention.init_cache(batch), mlp_init(self.mlp, batch)
+    )
 
   def __call__(self, x, cache: BlockCache | None = None):
-    memory_state, kv = cache if cache is not None else (None, None)
+    memory_state, kv, mlp_state = cache if cache is not None else (None, None, None)
     z = self.norm(x)
     y, kv = self.attention(z, kv)
     m, memory_state = self.memory(z, memory_state)
     x = x + self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m))
-    x = x + self.mlp(self.norm_mlp(x))
-    return x, BlockCache(memory_state, kv)
+    y, mlp_state = mlp_apply(self.mlp, self.norm_mlp(x), mlp_state)
+    return x + y, BlockCache(memory_state, kv, mlp_state)
 
 
 class MACCache(NamedTuple):
@@ -125,6 +158,7 @@ class MACCache(NamedTuple):
   keys: jax.Array  # [B, 2C, H, D]: slot i holds h_i, slot C + i the segment token i
   values: jax.Array  # [B, 2C, H, D]
   length: jax.Array  # tokens seen
+  mlp: Any = None  # the CMS state when the MLP block is a CMS
 
 
 class MACBlock(nnx.Module):
@@ -156,13 +190,14 @@ class MACBlock(nnx.Module):
       c.dim, c.heads, c.head_dim, n_persistent=c.persistent, rope_base=c.rope_base, rngs=rngs
     )
     self.norm_mlp = RMSNorm(c.dim, rngs=rngs)
-    self.mlp = SwiGLU(c.dim, c.mlp_hidden, rngs=rngs)
+    self.mlp = mlp_block(c, rngs)
     self.heads, self.head_dim = c.heads, c.head_dim
 
   def init_cache(self, batch: int) -> MACCache:
     state = self.memory.init_state(batch)
     kv = jnp.zeros((batch, 2 * self.segment, self.heads, self.head_dim))
-    return MACCache(state, state.memory, state.conv_q, kv, kv, jnp.zeros((), jnp.int32))
+    length = jnp.zeros((), jnp.int32)
+    return MACCache(state, state.memory, state.conv_q, kv, kv, length, mlp_init(self.mlp, batch))
 
   def _segment(self, carry, z):
     """One whole segment ``z: [B, C, E]`` (Eq 21–25)."""
@@ -197,14 +232,18 @@ class MACBlock(nnx.Module):
     seen = jnp.arange(c) <= j
     y = self.attention.attend(q, keys, values, jnp.concatenate([seen, seen])[None, :])
     m, state = self.memory(y, cache.memory)
-    new = MACCache(state, snapshot, read_conv, keys, values, cache.length + 1)
+    new = cache._replace(
+      memory=state, snapshot=snapshot, read_conv=read_conv, keys=keys, values=values,
+      length=cache.length + 1,
+    )  # fmt: skip
     return new, y * jax.nn.sigmoid(m)
 
   def __call__(self, x, cache: MACCache | None = None):
     b, t, e = x.shape
     z = self.norm(x)
     outs = []
-    if cache is None:
+    fresh = cache is None
+    if fresh:
       cache = self.init_cache(b)
       n = t // self.segment
       if n:
@@ -220,8 +259,8 @@ class MACBlock(nnx.Module):
       cache, o = jax.lax.scan(self._token, cache, z.swapaxes(0, 1)[:, :, None])
       outs.append(o[:, :, 0].swapaxes(0, 1))
     x = x + jnp.concatenate(outs, 1)
-    x = x + self.mlp(self.norm_mlp(x))
-    return x, cache
+    y, mlp_state = mlp_apply(self.mlp, self.norm_mlp(x), None if fresh else cache.mlp)
+    return x + y, cache._replace(mlp=mlp_state)
 
 
 class NestedCache(NamedTuple):
@@ -238,32 +277,18 @@ class NestedBlock(nnx.Module):
     self.mixer = mixer
     self.norm_mixer = RMSNorm(c.dim, rngs=rngs)
     self.norm_mlp = RMSNorm(c.dim, rngs=rngs)
-    if c.cms:
-      self.mlp = CMSLayer(
-        c.dim,
-        c.mlp_hidden,
-        chunk_sizes=c.cms_chunk_sizes,
-        lrs=c.cms_lrs,
-        variant=c.cms_variant,
-        rngs=rngs,
-      )
-    else:
-      self.mlp = SwiGLU(c.dim, c.mlp_hidden, rngs=rngs)
+    self.mlp = mlp_block(c, rngs)
 
   def init_cache(self, batch: int) -> NestedCache:
     if isinstance(self.mixer, Attention):
       mixer = self.mixer.init_cache(batch)
     else:
       mixer = self.mixer.init_state(batch)
-    cms = self.mlp.init_state(batch) if isinstance(self.mlp, CMSLayer) else None
-    return NestedCache(mixer, cms)
+    return NestedCache(mixer, mlp_init(self.mlp, batch))
 
   def __call__(self, x, cache: NestedCache | None = None):
     mixer_state, cms_state = cache if cache is not None else (None, None)
     y, mixer_state = self.mixer(self.norm_mixer(x), mixer_state)
     x = x + y
-    if isinstance(self.mlp, CMSLayer):
-      y, cms_state = self.mlp(self.norm_mlp(x), cms_state)
-    else:
-      y = self.mlp(self.norm_mlp(x))
+    y, cms_state = mlp_apply(self.mlp, self.norm_mlp(x), cms_state)
     return x + y, NestedCache(mixer_state, cms_state)

@@ -53,6 +53,10 @@ class LMConfig:
   mlp_hidden: int = 172  # SwiGLU hidden width F
   rope_base: float = 10000.0  # RoPE base of the attention layers
   remat: bool = False  # recompute each block in the backward pass (activation memory ∝ L·B·T·E)
+  cms: bool = False  # a Continuum Memory System (Nested Learning §7) in place of the SwiGLU MLP
+  cms_chunk_sizes: tuple = (2, 8, 32)  # C_ℓ per CMS level: level ℓ updates every C_ℓ tokens
+  cms_lrs: tuple = (1e-2, 1e-2, 1e-2)  # η_ℓ per CMS level (0 freezes a level)
+  cms_variant: str = "sequential"  # sequential | nested | independent (levels of width mlp_hidden)
 
   # Per size, the fields beyond the shared shape: the SwiGLU width F (chosen so that the model
   # has its nominal parameter count), and windows, segments, persistent tokens, block counts.
@@ -63,6 +67,13 @@ class LMConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{type(self).__name__}.{name} must be a positive int; got {value!r}")
+    if self.cms_variant not in CMS_VARIANTS:
+      raise ValueError(f"cms_variant must be one of {CMS_VARIANTS}; got {self.cms_variant!r}")
+    if len(self.cms_lrs) != len(self.cms_chunk_sizes) or not self.cms_chunk_sizes:
+      raise ValueError(
+        f"cms_lrs {self.cms_lrs!r} needs one rate per level of cms_chunk_sizes "
+        f"{self.cms_chunk_sizes!r}"
+      )
     self._check()
 
   def _check(self):
@@ -200,30 +211,10 @@ class TransformerConfig(LMConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class CMSFields(LMConfig):
-  """Fields of the models whose MLP block is a Continuum Memory System (Nested Learning §7).
-
-  ``mlp_hidden`` is the width of every CMS level (or of the SwiGLU when ``cms`` is False).
-  """
-
-  cms: bool = True  # CMS in place of the SwiGLU MLP (False: SwiGLU; Table 6 "w/o CMS")
-  cms_chunk_sizes: tuple = (2, 8, 32)  # C_ℓ per level: level ℓ updates every C_ℓ tokens
-  cms_lrs: tuple = (1e-2, 1e-2, 1e-2)  # η_ℓ per level (0 freezes a level)
-  cms_variant: str = "sequential"  # sequential | nested | independent
-
-  def _check(self):
-    if self.cms_variant not in CMS_VARIANTS:
-      raise ValueError(f"cms_variant must be one of {CMS_VARIANTS}; got {self.cms_variant!r}")
-    if len(self.cms_lrs) != len(self.cms_chunk_sizes) or not self.cms_chunk_sizes:
-      raise ValueError(
-        f"cms_lrs {self.cms_lrs!r} needs one rate per level of cms_chunk_sizes "
-        f"{self.cms_chunk_sizes!r}"
-      )
-
-
-@dataclasses.dataclass(frozen=True)
-class HopeConfig(CMSFields):
+class HopeConfig(LMConfig):
   """``hope`` (Nested Learning Eq 94–97): self-modifying Titans, then the CMS, per block."""
+
+  cms: bool = True  # the CMS in place of the SwiGLU (False: Table 6 "w/o CMS")
 
   chunk_size: int = 8  # C of M_k, M_v, M_eta, M_alpha (their reads use the last chunk's state)
   memory_chunk_size: int = 8  # C of M_memory
@@ -246,7 +237,6 @@ class HopeConfig(CMSFields):
   )
 
   def _check(self):
-    super()._check()
     for name in ("chunk_size", "memory_chunk_size", "memory_expansion", "conv_kernel"):
       if getattr(self, name) < 1:
         raise ValueError(f"HopeConfig.{name} must be >= 1; got {getattr(self, name)}")
@@ -256,8 +246,10 @@ class HopeConfig(CMSFields):
 
 
 @dataclasses.dataclass(frozen=True)
-class HopeAttentionConfig(CMSFields):
+class HopeAttentionConfig(LMConfig):
   """``hope_attention`` (Nested Learning §8.3): softmax attention, then the CMS, per block."""
+
+  cms: bool = True  # the CMS in place of the SwiGLU
 
   window: int | None = None  # sliding window (None: full causal attention)
   max_len: int = 512  # decode cache length for full attention (the longest sequence decoded)
@@ -270,7 +262,6 @@ class HopeAttentionConfig(CMSFields):
   )
 
   def _check(self):
-    super()._check()
     if self.window is not None and self.window < 1:
       raise ValueError(f"HopeAttentionConfig.window must be >= 1 or None; got {self.window}")
     if self.max_len < 1:

@@ -38,6 +38,8 @@ def _tokens(seed=0, t=T):
 # Every model; hybrid_lm with a layer without memory (and Moneta's memory).
 _CASES = [(name, {}) for name in models.names() if name != "hybrid_lm"]
 _CASES.append(("hybrid_lm", {"memory_layers": (1,), "preset": "moneta"}))
+# The CMS in place of the MLP of another model (Nested Learning §7), here MAC's segment blocks.
+_CASES.append(("titans_mac", {"cms": True, "cms_chunk_sizes": (1, 2), "cms_lrs": (0.1, 0.2)}))
 _call = nnx.jit(lambda m, x, s: m(x, s))
 
 
