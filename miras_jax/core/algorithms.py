@@ -1,7 +1,7 @@
 """Memory learning algorithms: the fourth MIRAS choice (how the inner loss is optimised).
 
-An algorithm's ``step(grad, momentum, g, k, base)`` (``g``: the ``Gates`` of one token, ``base``:
-the weights the gradient was taken at) turns the gradient ∇_t of the attentional bias into the step
+An algorithm's ``step(grad, momentum, g, k, base, inputs)`` (``g``: the ``Gates`` of one token,
+``base``: the weights the gradient was taken at, ``inputs``: each weight matrix's input there) turns the gradient ∇_t of the attentional bias into the step
 Δ_t that the retention gate applies (``W_t = ret(W_{t−1}) + Δ_t``, see ``retention.py``):
 
 - ``GD``: Δ_t = −η_t ∇_t (MIRAS Eq 5).
@@ -13,8 +13,8 @@ the weights the gradient was taken at) turns the gradient ∇_t of the attention
   ``argmin_W ½‖W k − u‖² + ‖W − W_{t−1}‖²/(2η_t)`` with target ``u = −∇_y ℓ``, in closed form for
   any ‖k‖ (Sherman–Morrison): ``Δ_t = −η'_t (W_{t−1} k) kᵀ − η'_t ∇_t``, ``η'_t = η_t/(1 + η_t ‖k‖²)``.
   With the decay retention this is Hope's "DGD with weight decay" ([ARX] Eq 88):
-  ``W_t = W_{t−1}(α_t I − η'_t k kᵀ) − η'_t ∇_t``. ``DGD(momentum=True)`` feeds the DGD step through
-  Titans' surprise momentum (``S_t = μ_t S_{t−1} + Δ^DGD_t``; the ablation of [ARX] Table 6).
+  ``W_t = W_{t−1}(α_t I − η'_t k kᵀ) − η'_t ∇_t``; MLP memories take it per matrix with that
+  matrix's input. ``DGD(momentum=True)`` passes the surprise −η'∇ through Titans' momentum.
 - ``MultiStepGD(n)``: n successive GD steps per token, each with its own (k_{t,i}, v_{t,i}, η_{t,i})
   and each gradient taken at the state left by the previous step (DeltaProduct); inputs carry an
   extra axis ``k: [T, n, d_k]``, ``v: [T, n, d_v]``, ``lr: [T, n]``.
@@ -41,7 +41,7 @@ class GD:
   has_momentum = False
   steps = 1
 
-  def step(self, grad, momentum, g, k, base=None):
+  def step(self, grad, momentum, g, k, base=None, inputs=None):
     return _scaled(grad, g.lr), None
 
 
@@ -54,7 +54,7 @@ class Momentum:
   has_momentum = True
   steps = 1
 
-  def step(self, grad, momentum, g, k, base=None):
+  def step(self, grad, momentum, g, k, base=None, inputs=None):
     new = jax.tree.map(lambda s, x: g.momentum * s - g.lr * x, momentum, grad)
     return new, new
 
@@ -68,22 +68,25 @@ class ImplicitGD:
   has_momentum = False
   steps = 1
 
-  def step(self, grad, momentum, g, k, base=None):
+  def step(self, grad, momentum, g, k, base=None, inputs=None):
     return _scaled(grad, g.lr / (1.0 + g.lr * jnp.vdot(k, k))), None
 
 
 @dataclasses.dataclass(frozen=True)
 class DGD:
-  """Delta Gradient Descent: Δ_t = −η'_t (W_{t−1} k) kᵀ − η'_t ∇_t, η'_t = η_t/(1 + η_t‖k‖²).
+  """Delta Gradient Descent: per weight matrix W_ℓ with input x_ℓ (k for the first),
+  Δ_ℓ = −η'_ℓ (W_ℓ x_ℓ) x_ℓᵀ − η'_ℓ ∇_ℓ,  η'_ℓ = η_t/(1 + η_t‖x_ℓ‖²).
 
-  Nested Learning [ARX] Eq 57 (the general-‖k‖ form of the notes §3; for ‖k‖ = 1, η' = η/(1 + η)).
-  For an MLP memory the rank-1 decay acts on the first weight matrix, the one whose input is k
-  (``W_1: [h, d_k]``); deeper matrices take the plain step −η_t ∇_t (their inputs are hidden
-  activations; [ARX] Eq 88 is written for a matrix memory and does not say, see notes §9.5).
-  ``momentum=True``: S_t = μ_t S_{t−1} + Δ^DGD_t and Δ_t = S_t (needs ``gates.momentum``).
+  Nested Learning [ARX] Eq 57 (the general-‖x‖ form of the notes §3; for ‖k‖ = 1, η' = η/(1 + η)).
+  A linear memory has one matrix and this is Eq 88/93. For an MLP memory each matrix takes the DGD
+  step of its own proximal problem (notes §2: a layer is a memory from its input x_ℓ to its output
+  gradient; [ARX] does not say how Eq 88 applies to a deep memory, notes §9.5), as in
+  ``core.selfmod``. ``momentum=True``: the surprise goes through Titans' momentum,
+  S_t = μ_t S_{t−1} − η'∇, and Δ = −η'(W x)xᵀ + S_t (the decay part acts on W directly).
+  ``step`` takes ``inputs``: the tuple of layer inputs at the gradient's base point.
   """
 
-  momentum: bool = False  # pass the DGD step through Titans' surprise momentum
+  momentum: bool = False  # pass the surprise −η'∇ through Titans' momentum
 
   @property
   def name(self) -> str:
@@ -99,18 +102,19 @@ class DGD:
 
   steps = 1
 
-  def step(self, grad, momentum, g, k, base=None):
-    if base is None:
-      raise ValueError("DGD needs the weights the gradient was taken at (base=)")
-    lr_k = g.lr / (1.0 + g.lr * jnp.vdot(k, k))
+  def step(self, grad, momentum, g, k, base=None, inputs=None):
+    if base is None or inputs is None:
+      raise ValueError("DGD needs the base weights (base=) and their layer inputs (inputs=)")
     leaves, tree = jax.tree.flatten(grad)
-    bases = jax.tree.leaves(base)
-    first = -lr_k * (leaves[0] + jnp.outer(bases[0] @ k, k))
-    delta = jax.tree.unflatten(tree, [first] + [-g.lr * x for x in leaves[1:]])
+    weights = jax.tree.leaves(base)
+    rates = [g.lr / (1.0 + g.lr * jnp.vdot(x, x)) for x in inputs]
+    decay = [-r * jnp.outer(w @ x, x) for r, w, x in zip(rates, weights, inputs, strict=True)]
+    surprise = [-r * gr for r, gr in zip(rates, leaves, strict=True)]
     if not self.momentum:
-      return delta, None
-    new = jax.tree.map(lambda s, d: g.momentum * s + d, momentum, delta)
-    return new, new
+      return jax.tree.unflatten(tree, [d + s for d, s in zip(decay, surprise, strict=True)]), None
+    s_new = [g.momentum * s + u for s, u in zip(jax.tree.leaves(momentum), surprise, strict=True)]
+    step = [d + s for d, s in zip(decay, s_new, strict=True)]
+    return jax.tree.unflatten(tree, step), jax.tree.unflatten(tree, s_new)
 
 
 @dataclasses.dataclass(frozen=True)

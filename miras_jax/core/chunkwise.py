@@ -569,7 +569,9 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
     grad = biases.weight_grad(
       rule.memory, rule.bias, base.weights, kt, vt, gt.delta, use_loss=rule.use_loss
     )
-    step, mom = rule.algorithm.step(grad, state.momentum, gt, kt, state.weights)
+    step, mom = rule.algorithm.step(
+      grad, state.momentum, gt, kt, state.weights, rule._inputs(base.weights, kt)
+    )
     if lq:
       accum = jax.tree.map(jnp.add, ret.scale_by_retention(state.accum, gt), step)
       normalised, _ = rule.retention.init(accum)

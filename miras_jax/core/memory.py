@@ -51,6 +51,10 @@ class LinearMemory:
     """``M(x) = W x`` for ``x: [..., d_k]``; ``linear(l, w, h)`` overrides the matmul (dual forms)."""
     return _linear(linear)(0, weights, x)
 
+  def layer_inputs(self, weights, x: jax.Array) -> tuple[jax.Array, ...]:
+    """The input of each weight matrix when reading ``x``: ``(x,)``."""
+    return (x,)
+
   def init(self, key: jax.Array, d_k: int, d_v: int, scale: float = 0.0) -> jax.Array:
     """Initial ``W_0: [d_v, d_k]``: zeros by default, else normal with std ``scale / √d_k``."""
     if scale == 0.0:
@@ -103,6 +107,17 @@ class MLPMemory:
       var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
       h = x + (h - mean) * jax.lax.rsqrt(var + self.ln_eps)
     return h
+
+  def layer_inputs(self, weights, x: jax.Array) -> tuple[jax.Array, ...]:
+    """The input of each weight matrix when reading ``x`` (``x`` for W_1, then σ(W_1 x), …)."""
+    seen = []
+
+    def record(l, w, h):
+      seen.append(h)
+      return _matmul(l, w, h)
+
+    self.apply(weights, x, linear=record)
+    return tuple(seen)
 
   def init(self, key: jax.Array, d_k: int, d_v: int, scale: float = 1.0) -> tuple[jax.Array, ...]:
     """Initial weights ``(W_1, …, W_L)``, each normal with std ``scale / √fan_in``."""

@@ -131,6 +131,10 @@ class Rule:
   def _grad(self, base, k, v, g):
     return biases.weight_grad(self.memory, self.bias, base, k, v, g.delta, use_loss=self.use_loss)
 
+  def _inputs(self, weights, k):
+    """Each weight matrix's input when reading k (only DGD uses them)."""
+    return self.memory.layer_inputs(weights, k) if isinstance(self.algorithm, algos.DGD) else None
+
   def write(self, state: MemoryState, k: jax.Array, v: jax.Array, g: Gates) -> MemoryState:
     """One token's write (see the module docstring); ``g`` holds this token's gates."""
     if self.lr_default is not None and g.lr is None:
@@ -148,7 +152,8 @@ class Rule:
       step, momentum = self.algorithm.step(self._grad(base, k, v, g), state.momentum, g, k, base)
       return state._replace(weights=jax.tree.map(jnp.add, base, step), momentum=momentum)
     grad = self._grad(state.weights, k, v, g)
-    step, momentum = self.algorithm.step(grad, state.momentum, g, k, state.weights)
+    inputs = self._inputs(state.weights, k)
+    step, momentum = self.algorithm.step(grad, state.momentum, g, k, state.weights, inputs)
     w, accum = self.retention.write(state.weights, state.accum, step, g)
     return state._replace(weights=w, accum=accum, momentum=momentum)
 

@@ -20,7 +20,7 @@ def _dgd_write(w, x, u, lr):
   The ``dgd`` preset's bias is ℓ2; to isolate the algorithm we call it with a gradient
   ∇_W = −u xᵀ (the dot-product objective ⟨Wx, −u⟩, whose output gradient is −u)."""
   g = mj.Gates(lr=jnp.asarray(lr, jnp.float64))
-  step, _ = algos.DGD().step(-jnp.outer(u, x), None, g, x, w)
+  step, _ = algos.DGD().step(-jnp.outer(u, x), None, g, x, w, (x,))
   return w + step
 
 
@@ -150,5 +150,5 @@ def test_dgd_chunked_is_the_chunk_reference_and_chunk_one_is_recurrent(memory):
 
 
 def test_dgd_needs_the_base_weights():
-  with pytest.raises(ValueError, match="base"):
+  with pytest.raises(ValueError, match="inputs"):
     algos.DGD().step(jnp.zeros((2, 2)), None, mj.Gates(lr=jnp.asarray(0.1)), jnp.ones(2))

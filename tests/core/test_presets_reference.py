@@ -211,17 +211,27 @@ def write_titans(mem, st, k, v, g):
 
 
 def write_dgd(mem, momentum, st, k, v, g):
-  """Nested Learning Eq 88 with the exact η' = η/(1 + η‖k‖²): W_1 ← α W_1 − η'(W_1 k)kᵀ − η'∇_1;
-  deeper matrices α W − η ∇; with momentum, S ← μ S + step and W ← α W + S."""
+  """Nested Learning Eq 88 per weight matrix, with the exact η'_l = η/(1 + η‖x_l‖²) for the
+  matrix's input x_l (k, then the hidden activations): W_l ← α W_l − η'_l (W_l x_l) x_lᵀ + step,
+  step = −η'_l ∇_l, or with momentum S_l ← μ S_l − η'_l ∇_l and step = S_l."""
   grads = mem.pullback(st["w"], k, mem.apply(st["w"], k) - v)
-  lr_k = g["lr"] / (1.0 + g["lr"] * (k @ k))
-  steps = [-lr_k * (grads[0] + np.outer(st["w"][0] @ k, k))]
-  steps += [-g["lr"] * gr for gr in grads[1:]]
+  inputs = _layer_inputs(mem, st["w"], k)
+  rates = [g["lr"] / (1.0 + g["lr"] * (x @ x)) for x in inputs]
+  surprise = [-r * gr for r, gr in zip(rates, grads, strict=True)]
   if momentum:
-    steps = [g["momentum"] * s + u for s, u in zip(st["s"], steps, strict=True)]
-    st = {**st, "s": steps}
-  w = [_retain(w, g["retention"]) + u for w, u in zip(st["w"], steps, strict=True)]
+    surprise = [g["momentum"] * s + u for s, u in zip(st["s"], surprise, strict=True)]
+    st = {**st, "s": surprise}
+  w = [
+    _retain(w, g["retention"]) - r * np.outer(w @ x, x) + u
+    for w, x, r, u in zip(st["w"], inputs, rates, surprise, strict=True)
+  ]
   return {**st, "w": w}
+
+
+def _layer_inputs(mem, ws, x):
+  if isinstance(mem, LinearNp):
+    return [x]
+  return mem._forward(ws, x)[1]
 
 
 def lq_normalise(a, q):
