@@ -69,13 +69,17 @@ def _f64(tree):
   return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
-def np_cms(chunks, lrs, variant, params, values, mix, x):
-  """Token-serial CMS in float64 from position 0 → (ys, params, accum, position)."""
+def np_cms(chunks, lrs, variant, params, values, mix, x, normalized=True):
+  """Token-serial CMS in float64 from position 0 → (ys, params, accum, position).
+
+  ``normalized``: at a boundary each matrix moves by accum / (1 + η Σ‖x‖²) over the chunk, x the
+  matrix's input (h for W_in, gelu(W_in h) for W_out); else by accum (Eq 71 literally)."""
   params = [list(p) for p in _f64(params)]
   values, x = _f64(values), np.asarray(x, np.float64)
   mix = None if mix is None else np.asarray(mix, np.float64)
   k = len(chunks)
   accum = [[np.zeros_like(w) for w in p] for p in params]
+  sq = [[0.0, 0.0] for _ in params]
   ys, pos = [], 0
   for xt in x:
     h, branches = xt, []
@@ -84,6 +88,8 @@ def np_cms(chunks, lrs, variant, params, values, mix, x):
       b = _branch(params[lvl], inp)
       g = _inner_grad(params[lvl], inp, values[lvl] @ inp)
       accum[lvl] = [a + lrs[lvl] * gi for a, gi in zip(accum[lvl], g, strict=True)]
+      hid = _gelu(params[lvl][0] @ inp)
+      sq[lvl] = [sq[lvl][0] + inp @ inp, sq[lvl][1] + hid @ hid]
       branches.append(b)
       h = h + b
     ys.append(xt + sum(m * b for m, b in zip(mix, branches, strict=True)) if mix is not None else h)
@@ -91,13 +97,16 @@ def np_cms(chunks, lrs, variant, params, values, mix, x):
     hits = [pos % c == 0 for c in chunks]
     for lvl in range(k):
       if hits[lvl]:
-        params[lvl] = [w - a for w, a in zip(params[lvl], accum[lvl], strict=True)]
+        div = [1.0 + lrs[lvl] * q if normalized else 1.0 for q in sq[lvl]]
+        params[lvl] = [w - a / c for w, a, c in zip(params[lvl], accum[lvl], div, strict=True)]
         accum[lvl] = [np.zeros_like(a) for a in accum[lvl]]
+        sq[lvl] = [0.0, 0.0]
     if variant == "nested":  # slowest first, so a boundary of level ℓ+2 propagates down the chain
       for lvl in reversed(range(k - 1)):
         if hits[lvl + 1]:
           params[lvl] = [w.copy() for w in params[lvl + 1]]
           accum[lvl] = [np.zeros_like(a) for a in accum[lvl]]
+          sq[lvl] = [0.0, 0.0]
   return np.stack(ys), params, accum, pos
 
 
@@ -176,6 +185,20 @@ def test_cms_apply_matches_the_numpy_token_loop(variant):
   assert np.max(np.abs(ys - frozen[0])) > 1e-2, "the inner updates do not change the outputs"
 
 
+def test_plain_eq_71_step_matches_the_numpy_token_loop():
+  """``normalized=False`` is Eq 71 literally: θ ← θ − η Σ ∇ at each boundary."""
+  cms = CMS(CHUNKS, LRS, "sequential", normalized=False)
+  params, outer, x = _inputs("sequential")
+  y, state = cms_apply(cms, cms.init_state(params), x, outer)
+  ys, want_params, accum, pos = np_cms(
+    CHUNKS, LRS, "sequential", params, outer.values, None, x, normalized=False
+  )
+  _close(y, ys)
+  _assert_state_close(state, want_params, accum, pos)
+  normalised = np_cms(CHUNKS, LRS, "sequential", params, outer.values, None, x)
+  assert np.max(np.abs(ys - normalised[0])) > 1e-4  # the two steps differ on these inputs
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_calls_in_pieces_equal_one_call(variant):
   """5 then 17 tokens (the second call starts mid-block at position 5) equal one call of 22."""
@@ -241,23 +264,28 @@ def test_cadence_levels_change_exactly_at_their_boundaries():
 def test_cadence_update_is_the_sum_of_gradients_at_the_chunk_start_parameters():
   """Within each chunk of level ℓ the accumulator after token t is η_ℓ Σ_{s ≤ t} ∇ℓ(θ_start; h_s)
   (h_s: the level's input at token s, from the faster levels' parameters at that token), and the
-  update at the boundary is θ_end − θ_start = −η_ℓ Σ_{chunk} ∇ℓ(θ_start; h_s)."""
+  update at the boundary is θ_end − θ_start = −η_ℓ Σ_{chunk} ∇ℓ(θ_start; h_s) / (1 + η_ℓ Σ ‖x_s‖²),
+  x_s the matrix's input (the normalised step)."""
   chunks, lrs, _, outer, x, _, states = _cadence_run()
   values = _f64(outer.values)
   for lvl, c in enumerate(chunks):
     for start in range(0, len(x), c):
       theta0 = _f64(states[start].params[lvl])
       total = [np.zeros_like(w) for w in theta0]
+      sq = [0.0, 0.0]
       for s in range(start, start + c):
         h = _level_input(states[s].params, lvl, x[s])
         g = _inner_grad(theta0, h, values[lvl] @ h)
         total = [a + lrs[lvl] * gi for a, gi in zip(total, g, strict=True)]
+        hid = _gelu(theta0[0] @ h)
+        sq = [sq[0] + h @ h, sq[1] + hid @ hid]
         if s < start + c - 1:  # open chunk: parameters frozen, gradients accumulate
           chex.assert_trees_all_equal(states[s + 1].params[lvl], states[start].params[lvl])
           for got, want in zip(states[s + 1].accum[lvl], total, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-      for got, w0, a in zip(states[start + c].params[lvl], theta0, total, strict=True):
-        np.testing.assert_allclose(got - w0, -a, rtol=1e-4, atol=1e-5, err_msg=f"level {lvl}")
+      for got, w0, a, q in zip(states[start + c].params[lvl], theta0, total, sq, strict=True):
+        step = -a / (1.0 + lrs[lvl] * q)
+        np.testing.assert_allclose(got - w0, step, rtol=1e-4, atol=1e-5, err_msg=f"level {lvl}")
         assert np.max(np.abs(a)) > 1e-4  # a real update
       for a in states[start + c].accum[lvl]:
         np.testing.assert_array_equal(a, 0.0)
