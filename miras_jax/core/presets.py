@@ -33,7 +33,7 @@ scales the write when given (Mamba2's Δ_t), 1 otherwise.
 
 Options: the MIRAS, Titans and TTT presets take ``memory=`` ("linear", "mlp" for the paper
 default, an ``MLPMemory`` or a dict of its fields); lp-based presets take ``smooth=``; ``moneta`` takes
-``p``, ``q``; ``memora`` takes ``c``; ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
+``p``, ``q``; ``memora`` takes ``c``; ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
 ``momentum`` (Titans' surprise momentum over the DGD step); ``delta_product`` takes ``n``; ``softmax_attention`` takes
 ``window`` and ``scale``; every parametric preset takes ``use_loss=True`` to differentiate the bias's
 loss with ``jax.grad`` instead of using its closed-form gradient.
@@ -217,9 +217,13 @@ def ttt_mlp(memory=None, use_loss=False):
 
 
 @_register("titans_lmm")
-def titans_lmm(memory=None, use_loss=False):
+def titans_lmm(memory=None, momentum=True, forget=True, use_loss=False):
+  """``momentum=False``: S_t = −θ_t ∇ (plain GD); ``forget=False``: α_t = 1 (no retention gate)
+  (the ablations of Titans Table 5)."""
   mem = resolve_memory(memory, TITANS_MLP)
-  return Rule("titans_lmm", mem, biases.L2(), ret.Decay("any"), algos.Momentum(), use_loss=use_loss)
+  retention = ret.Decay("any") if forget else ret.NoRetention()
+  algorithm = algos.Momentum() if momentum else algos.GD()
+  return Rule("titans_lmm", mem, biases.L2(), retention, algorithm, use_loss=use_loss)
 
 
 @_register("dgd")

@@ -247,3 +247,21 @@ def test_core_does_not_import_flax():
     text = path.read_text()
     assert "import flax" not in text and "from flax" not in text, path
     assert "import optax" not in text, path
+
+
+def test_titans_ablation_options_drop_momentum_and_forgetting():
+  """titans_lmm(momentum=False) writes W_t = α_t W_{t−1} − θ_t ∇ (gates without μ), forget=False
+  writes W_t = W_{t−1} + S_t (no α): each equals the matching composed rule."""
+  from miras_jax.core import algorithms, biases, retention
+
+  for opts, ret_gate, algo in (
+    ({"momentum": False}, retention.Decay("any"), algorithms.GD()),
+    ({"forget": False}, retention.NoRetention(), algorithms.Momentum()),
+  ):
+    rule = mj.presets.get("titans_lmm", memory="linear", **opts)
+    want = mj.Rule("ref", mj.LinearMemory(), biases.L2(), ret_gate, algo)
+    assert rule.used_gates == want.used_gates
+    _, state, q, k, v, g = make_inputs("titans_lmm", 6, rule=rule)
+    ys, st = mj.recurrent(rule, state, q, k, v, g)
+    ys_want, st_want = mj.recurrent(want, state, q, k, v, g)
+    chex.assert_trees_all_close((ys, st), (ys_want, st_want))
