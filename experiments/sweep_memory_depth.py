@@ -1,4 +1,4 @@
-"""Sweep (a): deep (2-layer MLP) vs linear Titans memory on MQAR (Titans §3.1, Fig 7: deeper
+"""Sweep (a): deep (2-layer MLP) vs linear Titans memory on MQAR (Titans §3.1, §5.5 Fig 7: deeper
 memories recall better).
 
   nice -n 5 .venv/bin/python -m experiments.sweep_memory_depth --seeds=3

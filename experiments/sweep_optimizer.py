@@ -51,7 +51,8 @@ def plot_curves(lines, path):
   colours = {}
   for r in lines:
     colour = colours.setdefault(r["variant"], f"C{len(colours)}")
-    steps, losses = zip(*r["loss_curve"], strict=True)
+    steps = [step for step, _ in r["loss_curve"]]
+    losses = [float("nan") if loss is None else loss for _, loss in r["loss_curve"]]
     label = (
       r["variant"]
       if r["seed"] == min(x["seed"] for x in lines if x["variant"] == r["variant"])

@@ -67,9 +67,15 @@ def read_lines(path: Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _loss_curve(workdir: Path) -> list[tuple[int, float]]:
+def _loss_curve(workdir: Path) -> list[tuple[int, float | None]]:
+  """``[(step, loss)]`` of the logged steps; the loss is None where it was not finite (the
+  metrics writer stores NaN / inf as null)."""
   rows = read_lines(workdir / "metrics.jsonl")
-  return [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r and "step" in r]
+  return [
+    (int(r["step"]), None if r["loss"] is None else float(r["loss"]))
+    for r in rows
+    if "loss" in r and "step" in r
+  ]
 
 
 def run_one(
@@ -123,6 +129,7 @@ def run_one(
     "train_seconds": round(t1 - t0, 2),
     "eval_seconds": round(t2 - t1, 2),
     "final_loss": curve[-1][1] if curve else None,
+    "nonfinite_from_step": next((step for step, loss in curve if loss is None), None),
     "eval_accuracy": summary.get("eval/accuracy"),
     "loss_curve": curve,
     "eval": evals,
@@ -207,11 +214,11 @@ def _reused(out: Path, source: tuple[str, str] | None, seed: int, config) -> dic
 
 def _short(line: dict) -> str:
   accs = ", ".join(
-    f"{task}@{length} {m['exact_match']:.3f}"
+    f"{task}@{length} {m['exact_match']:.3f} / {m['token_accuracy']:.3f}"
     for task, by_len in line["eval"].items()
     for length, m in by_len.items()
   )
-  return f"train {line['train_seconds']:.0f}s, loss {line['final_loss']}, exact match: {accs}"
+  return f"train {line['train_seconds']:.0f}s, loss {line['final_loss']}, exact match / token accuracy: {accs}"
 
 
 # ---- aggregation --------------------------------------------------------------------------------
@@ -250,6 +257,7 @@ def aggregate(lines: Sequence[dict], order: Sequence[str] | None = None) -> list
         final_loss=stats(
           [r["final_loss"] for r in runs if r["final_loss"] is not None] or [math.nan]
         ),
+        diverged=sum(r["final_loss"] is None for r in runs),
         eval={
           key: {m: stats(xs) for m, xs in by_metric.items()}
           for key, by_metric in sorted(cells.items(), key=lambda kv: _cell_key(kv[0]))
@@ -280,8 +288,11 @@ def table(rows: Sequence[dict], metric: str = "exact_match") -> str:
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     params = "/".join(f"{p:,}" for p in r["params"])
-    row = [r["variant"], params, str(len(r["seeds"])), f"{r['train_seconds']['mean']:.0f}",
-           fmt(r["final_loss"])]  # fmt: skip
+    finite = len(r["seeds"]) - r.get("diverged", 0)
+    loss = fmt(r["final_loss"]) if finite else "—"  # the statistics of the finite runs
+    if r.get("diverged"):
+      loss += f" ({r['diverged']} of {len(r['seeds'])} diverged: NaN loss)"
+    row = [r["variant"], params, str(len(r["seeds"])), f"{r['train_seconds']['mean']:.0f}", loss]
     row += [fmt(r["eval"][c][metric]) if c in r["eval"] else "—" for c in cells]
     out.append("| " + " | ".join(row) + " |")
   return "\n".join(out) + "\n"

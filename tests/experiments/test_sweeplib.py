@@ -90,3 +90,17 @@ def test_publish_writes_table_plot_and_lines(tmp_path):
   published = sweeplib.read_lines(docs / "s.jsonl")
   assert len(published) == 2 and "loss_curve" not in published[0]
   assert json.loads((docs / "s_aggregate.json").read_text())[0]["variant"] == "a"
+
+
+def test_diverged_runs_are_counted_not_averaged():
+  lines = [
+    _line("a", 0, 0.5, loss=1.0),
+    _line("a", 1, 0.0, loss=None),
+    _line("a", 2, 0.4, loss=3.0),
+  ]
+  rows = sweeplib.aggregate(lines)
+  assert rows[0]["diverged"] == 1
+  assert rows[0]["final_loss"]["mean"] == pytest.approx(2.0)
+  assert "(1 of 3 diverged: NaN loss)" in sweeplib.table(rows)
+  all_nan = sweeplib.aggregate([_line("b", 0, 0.0, loss=None)])
+  assert "| — (1 of 1 diverged" in sweeplib.table(all_nan)
