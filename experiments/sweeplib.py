@@ -336,7 +336,7 @@ def plot(rows: Sequence[dict], path: str, title: str, metric: str = "exact_match
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-  fig.suptitle(title + " (mean, bars/whiskers: min–max over seeds)", fontsize=9)
+  fig.suptitle(title + "\n(mean; bars / whiskers: min–max over seeds)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
