@@ -41,7 +41,15 @@ def test_families_cover_every_preset():
     "linear_attention", "retnet", "lightning", "mamba2", "gla", "dfw", "hgrn2", "delta_net",
     "gated_delta_net", "rwkv7", "delta_product", "longhorn", "softmax_attention",
   }  # fmt: skip
-  assert set(MINIBATCH) == {"ttt_linear", "ttt_mlp", "titans_lmm", "moneta", "yaad", "memora"}
+  assert set(MINIBATCH) == {
+    "ttt_linear",
+    "ttt_mlp",
+    "titans_lmm",
+    "moneta",
+    "yaad",
+    "memora",
+    "dgd",
+  }
 
 
 @pytest.mark.parametrize("name", EXACT)
