@@ -34,18 +34,6 @@ def get_config(arg: str | None = None):
     dict(seq_len=mqar.SEQ_LEN, vocab=mqar.VOCAB, num_pairs=mqar.PAIRS, train_size=20000,
          test_size=512, seed=0)
   )  # the sweeps' MQAR options (configs/sweeps/mqar.py)  # fmt: skip
-  c.data.data_dir = mqar.DATA_DIR  # prepared datasets shared with the other sweeps
-  c.data.eval_split = "test"  # held-out split of the loop's evaluation
-  c.data.pack_len = 0  # MQAR examples are fixed-length
-  c.optimizer.lr = 3e-3  # peak learning rate
-  c.optimizer.warmup_steps = 30  # linear warmup steps
-  c.optimizer.weight_decay = 0.0  # no decoupled weight decay (a short synthetic run)
-  c.train.steps = 200  # optimizer steps
-  c.train.batch_size = 16  # sequences per step
-  c.train.log_every = 10  # steps between metric lines (the loss curve)
-  c.train.eval_every = 0  # the loop evaluates at the end only
-  c.train.eval_batches = 4  # batches of the loop's final evaluation
-  c.train.checkpoint_every = 100000  # one checkpoint, at the end (evaluate restores it)
-  c.train.keep_checkpoints = 1  # only the final checkpoint is needed
-  c.train.async_checkpoints = False  # the sweep evaluates right after training
+  c = mqar.short_run(c)
+  c.train.steps = 200  # optimizer steps (Hope is ~1.7 s per step on 2 CPU cores)
   return c

@@ -35,9 +35,14 @@ def get_config(arg: str | None = None):
   c.data.options = ml_collections.ConfigDict(
     dict(seq_len=SEQ_LEN, vocab=VOCAB, num_pairs=PAIRS, train_size=20000, test_size=512, seed=0)
   )  # builder options: sequence length, vocabulary, key-value pairs, examples per split, seed
+  return short_run(c)
+
+
+def short_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The training settings every sweep config shares (a short run, one final checkpoint)."""
   c.data.data_dir = DATA_DIR  # prepared datasets shared by every run of the sweeps
   c.data.eval_split = "test"  # held-out split of the loop's evaluation
-  c.data.pack_len = 0  # MQAR examples are fixed-length
+  c.data.pack_len = 0  # the synthetic tasks' examples are fixed-length
   c.optimizer.lr = 3e-3  # peak learning rate
   c.optimizer.warmup_steps = 30  # linear warmup steps
   c.optimizer.weight_decay = 0.0  # no decoupled weight decay (a short synthetic run)

@@ -14,9 +14,9 @@ it. Sizes follow ``configs/sweeps/mqar.py``.
 import ml_collections
 
 from configs import common
+from configs.sweeps import mqar
 from miras_jax import models
 
-DATA_DIR = "runs/sweeps/tfds"  # prepared datasets, shared by all sweep runs (git-ignored)
 CONTEXT = 128  # training context length (bytes; S-NIAH-PK needs >= 108)
 WINDOW = 16  # sliding window (MAG, MAL) / segment (MAC) of the attention, < CONTEXT
 
@@ -38,18 +38,5 @@ def get_config(arg: str | None = None):
   c.data.options = ml_collections.ConfigDict(
     dict(kind="pk", context_len=CONTEXT, filler="noise", train_size=20000, test_size=256, seed=0)
   )  # builder options: needle kind, context length, haystack filler, examples per split, seed
-  c.data.data_dir = DATA_DIR  # prepared datasets shared by every run of the sweeps
-  c.data.eval_split = "test"  # held-out split of the loop's evaluation
-  c.data.pack_len = 0  # needle examples are fixed-length
-  c.optimizer.lr = 3e-3  # peak learning rate
-  c.optimizer.warmup_steps = 30  # linear warmup steps
-  c.optimizer.weight_decay = 0.0  # no decoupled weight decay (a short synthetic run)
-  c.train.steps = 300  # optimizer steps
-  c.train.batch_size = 16  # sequences per step
-  c.train.log_every = 10  # steps between metric lines (the loss curve)
-  c.train.eval_every = 0  # the loop evaluates at the end only
-  c.train.eval_batches = 4  # batches of the loop's final evaluation
-  c.train.checkpoint_every = 100000  # one checkpoint, at the end (evaluate restores it)
-  c.train.keep_checkpoints = 1  # only the final checkpoint is needed
-  c.train.async_checkpoints = False  # the sweep evaluates right after training
+  c = mqar.short_run(c)
   return c

@@ -83,6 +83,19 @@ def _swa(c, rngs, persistent: int):
   )
 
 
+def _decoding_attention(c, rngs):
+  """Full (or windowed) causal attention whose decode cache keeps ``window or max_len`` tokens."""
+  return Attention(
+    c.dim,
+    c.heads,
+    c.head_dim,
+    window=c.window,
+    capacity=c.window or c.max_len,
+    rope_base=c.rope_base,
+    rngs=rngs,
+  )
+
+
 class MirasLM(LM):
   """``x += MIRAS(RMSNorm x); x += SwiGLU(RMSNorm x)`` per layer (MIRAS §5.4)."""
 
@@ -142,16 +155,7 @@ class Transformer(LM):
   config_class = cfg.TransformerConfig
 
   def _block(self, c, layer, rngs):
-    attention = Attention(
-      c.dim,
-      c.heads,
-      c.head_dim,
-      window=c.window,
-      capacity=c.window or c.max_len,
-      rope_base=c.rope_base,
-      rngs=rngs,
-    )
-    return Block(c, None, attention, rngs=rngs)
+    return Block(c, None, _decoding_attention(c, rngs), rngs=rngs)
 
 
 class Hope(LM):
@@ -189,13 +193,4 @@ class HopeAttention(LM):
   config_class = cfg.HopeAttentionConfig
 
   def _block(self, c, layer, rngs):
-    attention = Attention(
-      c.dim,
-      c.heads,
-      c.head_dim,
-      window=c.window,
-      capacity=c.window or c.max_len,
-      rope_base=c.rope_base,
-      rngs=rngs,
-    )
-    return NestedBlock(c, attention, rngs=rngs)
+    return NestedBlock(c, _decoding_attention(c, rngs), rngs=rngs)
