@@ -10,50 +10,30 @@ Variants (miras_lm, 2-layer SiLU MLP memory, config ``configs/sweeps/mqar.py``):
   momentum_only     no forgetting (α = 1): W_t = W_{t−1} + S_t
   neither           W_t = W_{t−1} − θ_t ∇ℓ(W_{t−1})  (TTT-MLP's rule with Titans' SiLU memory)
 
-``miras_jax`` has no switch that turns Titans' momentum or forgetting gate off (the preset takes
-only ``memory=`` and ``use_loss=``), so the three ablated rules are composed here from the same
-parts (``Rule(memory, L2 bias, Decay | NoRetention, Momentum | GD)``) and registered as presets of
-this process (``sweeplib.register_preset``). The ``momentum+forget`` runs are reused from the
-memory-depth sweep (same config) when it has them.
+The ablated rules are the ``titans_lmm`` preset's own switches
+(``preset_options=(("momentum", False),)`` and ``(("forget", False),)``, Titans Table 5), so each
+variant is a plain config override. The ``momentum+forget`` runs are reused from the memory-depth
+sweep (same config) when it has them.
 """
 
 from absl import app
 
 from configs.sweeps import mqar
 from experiments import sweeplib
-from miras_jax.core import algorithms as algos
-from miras_jax.core import biases, presets
-from miras_jax.core import retention as ret
-from miras_jax.core.rule import Rule
 
 SWEEP = "titans_ablation"
-
-
-def _rule(name, algorithm, retention):
-  def make(memory=None, use_loss=False):
-    mem = presets.resolve_memory(memory, presets.TITANS_MLP)
-    return Rule(name, mem, biases.L2(), retention, algorithm, use_loss=use_loss)
-
-  return make
-
-
 ABLATIONS = {
-  "titans_lmm_forget_only": _rule("titans_lmm_forget_only", algos.GD(), ret.Decay("any")),
-  "titans_lmm_momentum_only": _rule(
-    "titans_lmm_momentum_only", algos.Momentum(), ret.NoRetention()
-  ),
-  "titans_lmm_neither": _rule("titans_lmm_neither", algos.GD(), ret.NoRetention()),
-}
+  "forget_only": (("momentum", False),),
+  "momentum_only": (("forget", False),),
+  "neither": (("momentum", False), ("forget", False)),
+}  # variant → the titans_lmm preset options that switch its parts off
 
 
 def variants():
-  for name, make in ABLATIONS.items():
-    sweeplib.register_preset(name, make)
-  return [
-    ("momentum+forget", mqar.get_config("titans_lmm")),
-    ("forget_only", mqar.get_config("titans_lmm_forget_only")),
-    ("momentum_only", mqar.get_config("titans_lmm_momentum_only")),
-    ("neither", mqar.get_config("titans_lmm_neither")),
+  base = mqar.get_config("titans_lmm")
+  return [("momentum+forget", base)] + [
+    (name, sweeplib.with_overrides(base, preset_options=options))
+    for name, options in ABLATIONS.items()
   ]
 
 

@@ -11,10 +11,6 @@ Layout under ``OUT/<sweep>/``::
 A run whose (variant, seed) already has a line in ``results.jsonl`` is skipped, so a sweep that was
 stopped resumes where it left off (a half-trained run resumes from its last checkpoint).
 ``publish`` copies the aggregated table, the PNG and the raw lines to ``docs/results/``.
-
-Custom memory rules: the model configs name their memory rule by preset; ``register_preset`` adds
-a composed ``Rule`` to ``miras_jax.presets`` in this process (used by the Titans ablation, whose
-no-momentum / no-forgetting rules have no preset or config switch of their own).
 """
 
 from __future__ import annotations
@@ -41,23 +37,6 @@ def enable_compilation_cache(path: str = ".jax_cache/sweeps") -> None:
   jax.config.update("jax_compilation_cache_dir", str(Path(path).resolve()))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def register_preset(name: str, make: Callable[..., Any]) -> None:
-  """Adds preset ``name`` (``make(**options)`` returns a ``Rule``) to ``miras_jax.presets``.
-
-  Process-local: it lasts as long as this Python process (train and evaluate both run in it).
-  """
-  from miras_jax.core import presets
-
-  registry = presets._REGISTRY  # noqa: SLF001 (no public registration hook; see the module doc)
-  if name in registry and registry[name] is not make:
-    if getattr(registry[name], "_sweeplib", False):
-      registry[name] = make
-      return
-    raise ValueError(f"preset {name!r} already exists in miras_jax.presets")
-  make._sweeplib = True  # type: ignore[attr-defined]
-  registry[name] = make
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -185,13 +185,22 @@ def test_bad_input_gives_clear_errors(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("optimizer", ["muon", "m3", "sgd"])
-def test_other_optimizers_train(tmp_path, data_dir, optimizer):
-  c = _config(data_dir, steps=3, checkpoint_every=100)
+def test_other_optimizers_train(data_dir, optimizer):
+  """The optimizers a config can name besides adamw take finite steps that change the loss (the
+  loop around the step is the same for all and is tested above with adamw)."""
+  c = _config(data_dir)
   c.optimizer.name = optimizer
-  summary = train(c, str(tmp_path))
-  losses = _losses(tmp_path)
-  assert summary["step"] == 3 and all(np.isfinite(list(losses.values())))
-  assert losses[3] != losses[1]
+  _, graphdef, tx, init, _, _ = build(settings_from_config(c), mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))  # fmt: skip
+  state = init(jax.random.key(0))
+  step = jax.jit(make_train_step(graphdef, tx))
+  batch = mdata.mqar(1, 8, _DATA["seq_len"], _DATA["vocab"], _DATA["num_pairs"])
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses)) and losses[2] != losses[0], losses
+  assert int(state.step) == 3
 
 
 def test_text_corpus_run_packs_windows_and_reports_perplexity(tmp_path):
