@@ -38,7 +38,8 @@ def main(argv):
   task = _TASK.value
   length = mqar.SEQ_LEN if task == "mqar" else needle.CONTEXT
   sweep = "miras_models" if task == "mqar" else "miras_models_needle"
-  sweeplib.main(sweep, variants(task), tasks=(task,), lengths=(length,),
+  lengths = (length,) if task == "mqar" else (length, 2 * length)  # needle: also 2× the training
+  sweeplib.main(sweep, variants(task), tasks=(task,), lengths=lengths,
                 metric="token_accuracy" if task == "mqar" else "exact_match",
                 title=f"MIRAS models vs baselines at ~equal parameters on {task}")  # fmt: skip
 

@@ -60,7 +60,7 @@ from miras_jax.core import retention as ret
 from miras_jax.core.attention import KVCache, SoftmaxAttention, ring_slots, ring_write
 from miras_jax.core.gates import Gates
 from miras_jax.core.memory import LinearMemory
-from miras_jax.core.rule import MemoryState, Rule
+from miras_jax.core.rule import MemoryState, Rule, clip_scale
 
 _TINY = 1e-30  # α is clamped here before the log, so that α = 0 gives a finite log decay
 
@@ -77,6 +77,7 @@ def exact_form_applies(rule: Rule) -> bool:
   return (
     isinstance(rule, Rule)
     and rule.chunk_form != "minibatch"
+    and rule.grad_clip is None  # a clipped write is not linear in the state
     and isinstance(rule.memory, LinearMemory)
     and isinstance(rule.algorithm, (algos.GD, algos.ImplicitGD, algos.MultiStepGD))
     and isinstance(rule.retention, (ret.Decay, ret.NoRetention))
@@ -357,6 +358,10 @@ def _token_factors(rule: Rule, base, k, v, delta):
   else:
     pred, pullback, inputs = jax.vjp(forward, taps, has_aux=True)
     (signals,) = pullback(bias.output_grad(pred, v, delta))
+  if rule.grad_clip is not None:  # ‖∇‖² = Σ_l ‖g_l‖² ‖x_l‖² (each layer's gradient is rank 1)
+    norm_sq = sum(jnp.sum(s * s) * jnp.sum(x * x) for s, x in zip(signals, inputs, strict=True))
+    scale = clip_scale(norm_sq, rule.grad_clip)
+    signals = [s * scale for s in signals]
   return inputs, signals
 
 
@@ -566,9 +571,7 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
       base = _tree_where(first, _boundary(cand), base)
     else:
       base = _tree_where(first, _boundary(state), base)
-    grad = biases.weight_grad(
-      rule.memory, rule.bias, base.weights, kt, vt, gt.delta, use_loss=rule.use_loss
-    )
+    grad = rule._grad(base.weights, kt, vt, gt)  # noqa: SLF001 (clipped like every write)
     step, mom = rule.algorithm.step(
       grad, state.momentum, gt, kt, state.weights, rule._inputs(base.weights, kt)
     )

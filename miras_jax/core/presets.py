@@ -36,11 +36,14 @@ default, an ``MLPMemory`` or a dict of its fields); lp-based presets take ``smoo
 ``p``, ``q``; ``memora`` takes ``c``; ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
 ``momentum`` (Titans' surprise momentum over the DGD step); ``delta_product`` takes ``n``; ``softmax_attention`` takes
 ``window`` and ``scale``; every parametric preset takes ``use_loss=True`` to differentiate the bias's
-loss with ``jax.grad`` instead of using its closed-form gradient.
+loss with ``jax.grad`` instead of using its closed-form gradient, and ``grad_clip=c`` to clip each
+token's inner gradient to norm c (``Rule.grad_clip``; off by default, as in the papers; a clipped
+rule is not linear in its state, so ``chunked`` runs it in the mini-batch form).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from miras_jax.core import algorithms as algos
@@ -75,10 +78,16 @@ def get(name: str, **options):
   """Builds the preset ``name`` with ``options`` (see the module docstring)."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown preset {name!r}; known: {', '.join(_REGISTRY)}")
+  grad_clip = options.pop("grad_clip", None)
   try:
-    return _REGISTRY[name](**options)
+    rule = _REGISTRY[name](**options)
   except TypeError as e:
     raise ValueError(f"preset {name!r} got invalid options {sorted(options)}: {e}") from None
+  if grad_clip is not None:
+    if not isinstance(rule, Rule):
+      raise ValueError(f"preset {name!r} has no inner gradient: grad_clip does not apply")
+    rule = dataclasses.replace(rule, grad_clip=float(grad_clip))
+  return rule
 
 
 def resolve_memory(memory, default):

@@ -5,7 +5,9 @@
 
 1. the gradient base point is ``B = W_{t−1}`` (``grad_at="previous"``: Titans, RWKV-7, Yaad) or the
    decayed ``B = α_t ⊙ W_{t−1}`` (``grad_at="decayed"``: Gated DeltaNet, DeltaProduct);
-2. ``∇_t = ∇_W ℓ(M(B, k_t), v_t)`` for the attentional bias ℓ (``biases.weight_grad``);
+2. ``∇_t = ∇_W ℓ(M(B, k_t), v_t)`` for the attentional bias ℓ (``biases.weight_grad``); with
+   ``grad_clip = c`` it is rescaled to ``∇_t · min(1, c / ‖∇_t‖)``, ‖·‖ the Frobenius norm over all
+   of the memory's weight matrices together (``clip_scale``);
 3. the algorithm turns ∇_t into a step Δ_t (GD, momentum, implicit GD);
 4. the retention gate writes ``W_t = ret(W_{t−1}, Δ_t)`` (or ``W_t = B + Δ_t`` when the decay was
    already applied in step 1).
@@ -51,6 +53,14 @@ class MemoryState(NamedTuple):
   chunk_phase: Any = None
 
 
+def clip_scale(norm_sq: jax.Array, clip: float) -> jax.Array:
+  """``min(1, clip / ‖∇‖)`` from ``norm_sq = ‖∇‖²`` (1 at ∇ = 0): the factor of inner-gradient
+  clipping (``Rule.grad_clip``). Not in the papers; titans-pytorch offers the same per-sample
+  clipping (``max_grad_norm``). Without it a 2-layer MLP memory whose meta-learned initial weights
+  have grown can blow up within one sequence (GD on it is unstable once η·‖W‖² is large)."""
+  return clip / jnp.maximum(jnp.sqrt(norm_sq), clip)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """One memory rule = memory architecture × attentional bias × retention gate × algorithm."""
@@ -65,8 +75,11 @@ class Rule:
   key_from_retention: bool = False  # HGRN2: the key is 1 − α_t and the given k is ignored
   use_loss: bool = False  # differentiate the bias's loss with jax.grad instead of its closed form
   chunk_form: str = "auto"  # chunked(): "auto" (exact when linear in the state) or "minibatch"
+  grad_clip: float | None = None  # max norm of one token's inner gradient ∇_t (None: no clipping)
 
   def __post_init__(self):
+    if self.grad_clip is not None and not self.grad_clip > 0:
+      raise ValueError(f"grad_clip must be > 0 or None; got {self.grad_clip!r}")
     if self.chunk_form not in ("auto", "minibatch"):
       raise ValueError(f"chunk_form must be 'auto' or 'minibatch'; got {self.chunk_form!r}")
     if self.grad_at not in ("previous", "decayed"):
@@ -129,7 +142,12 @@ class Rule:
 
   # ----------------------------------------------------------------------------------------------
   def _grad(self, base, k, v, g):
-    return biases.weight_grad(self.memory, self.bias, base, k, v, g.delta, use_loss=self.use_loss)
+    grad = biases.weight_grad(self.memory, self.bias, base, k, v, g.delta, use_loss=self.use_loss)
+    if self.grad_clip is None:
+      return grad
+    norm_sq = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grad))
+    scale = clip_scale(norm_sq, self.grad_clip)
+    return jax.tree.map(lambda x: x * scale, grad)
 
   def _inputs(self, weights, k):
     """Each weight matrix's input when reading k (only DGD uses them)."""

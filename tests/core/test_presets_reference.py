@@ -26,6 +26,7 @@ D_K, D_V = 4, 3  # linear memories and the plain MLPs (d_k != d_v)
 D = 4  # the residual-LN MLP needs d_k = d_v
 EXPANSION = 4
 RTOL = 1e-5
+CLIP_LINEAR, CLIP_MLP = 1.7, 0.9  # grad_clip of the clipped Titans cases (see test_clip_cases_...)
 
 
 # ---- numpy memories ------------------------------------------------------------------------------
@@ -210,6 +211,17 @@ def write_titans(mem, st, k, v, g):
   return {**st, "w": w, "s": s}
 
 
+def write_titans_clipped(mem, clip, st, k, v, g):
+  """Titans with each token's gradient rescaled to norm ≤ clip over all its matrices
+  (``grad_clip``): ∇ · min(1, clip / ‖∇‖). Records ‖∇‖ per token in ``norms``."""
+  grads = mem.pullback(st["w"], k, mem.apply(st["w"], k) - v)
+  norm = float(np.sqrt(sum(np.sum(gr * gr) for gr in grads)))
+  grads = [gr * min(1.0, clip / norm) for gr in grads]
+  s = [g["momentum"] * s - g["lr"] * gr for s, gr in zip(st["s"], grads, strict=True)]
+  w = [_retain(w, g["retention"]) + sn for w, sn in zip(st["w"], s, strict=True)]
+  return {**st, "w": w, "s": s, "norms": [*st.get("norms", []), norm]}
+
+
 def write_dgd(mem, momentum, st, k, v, g):
   """Nested Learning Eq 88 per weight matrix, with the exact η'_l = η/(1 + η‖x_l‖²) for the
   matrix's input x_l (k, then the hidden activations): W_l ← α W_l − η'_l (W_l x_l) x_lᵀ + step,
@@ -351,6 +363,17 @@ CASES = [
     _p(write_titans, TITANS_MLP),
     ("lr", "momentum", "retention"),
     mem=TITANS_MLP,
+  ),
+  *(
+    Case(
+      f"titans_lmm-{kind}-clip",
+      "titans_lmm",
+      _p(write_titans_clipped, mem, clip),
+      ("lr", "momentum", "retention"),
+      opts=(("memory", kind), ("grad_clip", clip)),
+      mem=mem,
+    )
+    for kind, mem, clip in (("linear", LINEAR, CLIP_LINEAR), ("mlp", TITANS_MLP, CLIP_MLP))
   ),
   *(
     Case(
@@ -626,6 +649,21 @@ def test_yaad_data_exercises_both_huber_branches(case_id):
   ratios = np.asarray(_run(case_id)["want"]["ratios"])  # ‖e_t‖ / δ_t in the reference
   assert np.any(ratios < 0.9) and np.any(ratios > 1.1), ratios
   assert np.all(np.abs(ratios - 1.0) > 0.1), ratios  # no token near the threshold
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.id.endswith("-clip")])
+def test_clip_cases_clip_some_tokens_and_not_others(case_id):
+  """The data of the grad_clip cases has gradients both above and below the clip norm."""
+  norms = np.asarray(_run(case_id)["want"]["norms"])
+  clip = dict(CASES_BY_ID[case_id].opts)["grad_clip"]
+  assert np.sum(norms > clip) >= 3 and np.sum(norms < clip) >= 3, norms / clip
+
+
+def test_grad_clip_errors():
+  with pytest.raises(ValueError, match="grad_clip must be > 0"):
+    mj.presets.get("titans_lmm", grad_clip=0.0)
+  with pytest.raises(ValueError, match="softmax_attention.*grad_clip does not apply"):
+    mj.presets.get("softmax_attention", grad_clip=1.0)
 
 
 @pytest.mark.parametrize("case_id", MLP_CASES)
