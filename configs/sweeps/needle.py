@@ -9,7 +9,7 @@ byte level (vocab 256), trained at one context length; the sweeps evaluate at se
 preset). The hybrid models get an attention window / segment of ``WINDOW`` tokens, shorter than
 the training context, so the needle is out of the attention's reach and only the memory can carry
 it. Sizes follow ``configs/sweeps/mqar.py``; training is longer (1000 steps) at a higher peak lr
-(1e-2): a pilot at the MQAR sweeps' 300 steps and 3e-3 scored 0 for every model, while Gated
+(1e-2): a pilot at the MQAR sweeps' 300 steps and 3e-3 (titans_mal) scored 0, while Gated
 DeltaNet at 1000 steps and 1e-2 reached exact match 0.43 at 128 bytes (76 s on 2 CPU cores).
 """
 
@@ -41,6 +41,6 @@ def get_config(arg: str | None = None):
     dict(kind="pk", context_len=CONTEXT, filler="noise", train_size=20000, test_size=256, seed=0)
   )  # builder options: needle kind, context length, haystack filler, examples per split, seed
   c = mqar.short_run(c)
-  c.optimizer.lr = 1e-2  # peak lr (the MQAR sweeps' 3e-3 learned nothing here in 300 steps)
+  c.optimizer.lr = 1e-2  # peak lr (at the MQAR sweeps' 3e-3 a 300-step pilot learned nothing)
   c.train.steps = 1000  # optimizer steps (the passkey copy is learned after ~500)
   return c
