@@ -97,7 +97,7 @@ def first_step(config) -> dict:
   from miras_jax.train import mesh as mesh_lib
   from miras_jax.train.loop import _loader, _sources, _workdir, build
   from miras_jax.train.settings import settings_from_config
-  from miras_jax.train.step import make_train_step
+  from miras_jax.train.step import make_eval_step, make_train_step
 
   config = sweeplib.with_overrides(config)
   with config.unlocked():
@@ -107,42 +107,32 @@ def first_step(config) -> dict:
   _, graphdef, tx, init, _, _ = build(run, mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
   state = init(jax.random.key(run.train.seed))
   source, _ = _sources(run, _workdir(run.data.data_dir))
-  batch = next(_loader(source, run, seed=run.train.seed, eval_=False))
-  new, _ = jax.jit(make_train_step(graphdef, tx))(
-    state, {k: jnp.asarray(v) for k, v in batch.items()}
-  )
+  batch = {k: jnp.asarray(v) for k, v in next(_loader(source, run, seed=run.train.seed, eval_=False)).items()}  # fmt: skip
+  new, _ = jax.jit(make_train_step(graphdef, tx))(state, batch)
   lr = run.optimizer.lr
-  flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  steps = [
-    np.asarray(b - a) / lr
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params), strict=True)
-  ]
+  paths, before = zip(*jax.tree_util.tree_flatten_with_path(state.params)[0], strict=True)
+  steps = [np.asarray(b - a) / lr for a, b in zip(before, jax.tree.leaves(new.params), strict=True)]
   rms = [float(np.sqrt(np.mean(x * x))) for x in steps]
   worst = int(np.argmax(rms))
-  grad = jax.grad(lambda p: _masked_loss(graphdef, p, batch))(state.params)
+
+  def loss(params):  # the train step's loss: masked nll sum / tokens
+    nll, _, tokens = make_eval_step(graphdef)(params, batch)
+    return nll / tokens
+
+  grad = jax.grad(loss)(state.params)
   g = np.asarray(jax.tree.leaves(grad)[worst])
   return {
     "optimizer": run.optimizer.name,
     "lr": lr,
     "rms": float(np.sqrt(sum(float(np.sum(x * x)) for x in steps) / sum(x.size for x in steps))),
     "largest": {
-      "param": jax.tree_util.keystr(flat[worst][0]),
+      "param": jax.tree_util.keystr(paths[worst]),
       "shape": list(steps[worst].shape),
       "rms": rms[worst],
       "max_abs": float(np.max(np.abs(steps[worst]))),
       "grad_rms": float(np.sqrt(np.mean(g * g))),
     },
   }
-
-
-def _masked_loss(graphdef, params, batch):
-  from flax import nnx
-
-  from miras_jax.train.step import token_metrics
-
-  logits, _ = nnx.merge(graphdef, params)(batch["inputs"])
-  nll, _, count = token_metrics(logits, batch)
-  return nll / count
 
 
 FIRST_STEP = ("adamw_lr0.003", "m3_lr0.0003", "muon_lr0.01")  # best rate of each (table)
