@@ -11,9 +11,8 @@ Gated DeltaNet (linear memory) and the Transformer is raised until their paramet
 nearest to Moneta's (``sweeplib.match_params``); Yaad and Memora keep the common width. Configs:
 ``configs/sweeps/mqar.py`` (MQAR) and ``configs/sweeps/needle.py`` (S-NIAH-PK, trained and
 evaluated at 128 and 256 bytes; the memory models are miras_lm, no attention). On the needle task
-(lr 1e-2, 1000 steps) the MIRAS models' MLP memories run with ``grad_clip=NEEDLE_CLIP`` (each
-token's inner gradient clipped to norm 1; not in the paper): without it Moneta's inner loop blew up
-to NaN by optimizer step 60, with it a 200-step probe trained stably.
+(lr 1e-2, 1000 steps) the MIRAS models' MLP memories run with the needle config's inner-gradient
+clip (``needle.INNER_CLIP``; not in the paper).
 """
 
 from absl import app, flags
@@ -25,8 +24,6 @@ _TASK = flags.DEFINE_enum("task", "mqar", ["mqar", "s_niah_pk"], "task to train 
 
 MODELS = ("moneta", "yaad", "memora", "gated_delta_net", "transformer")
 MATCHED = ("gated_delta_net", "transformer")  # SwiGLU width raised to Moneta's parameter count
-MIRAS = ("moneta", "yaad", "memora")  # MLP memories: inner-gradient clip on the needle task
-NEEDLE_CLIP = 1.0  # grad_clip of the MIRAS memories on S-NIAH-PK (Moneta: NaN by step 60 without)
 
 
 def variants(task: str):
@@ -35,9 +32,6 @@ def variants(task: str):
   target = sweeplib.count_params(configs["moneta"])
   for m in MATCHED:
     configs[m] = sweeplib.match_params(configs[m], target)
-  if task != "mqar":  # at the needle config's lr 1e-2 the unclipped MLP memories blow up
-    for m in MIRAS:
-      configs[m] = sweeplib.with_overrides(configs[m], preset_options=(("grad_clip", NEEDLE_CLIP),))
   return [(m, configs[m]) for m in MODELS]
 
 

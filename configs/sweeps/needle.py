@@ -11,16 +11,23 @@ the training context, so the needle is out of the attention's reach and only the
 it. Sizes follow ``configs/sweeps/mqar.py``; training is longer (1000 steps) at a higher peak lr
 (1e-2): a pilot at the MQAR sweeps' 300 steps and 3e-3 (titans_mal) scored 0, while Gated
 DeltaNet at 1000 steps and 1e-2 reached exact match 0.43 at 128 bytes (76 s on 2 CPU cores).
+
+At that lr every MLP memory (Moneta, Yaad, Memora, Titans LMM and the MAC / MAG / MAL hybrids)
+runs with its inner gradient clipped per token to norm ``INNER_CLIP`` (``grad_clip``, not in the
+papers): without it Moneta's inner loop blew up to NaN by optimizer step 60. Linear memories (Gated
+DeltaNet) keep their exact, unclipped form.
 """
 
 import ml_collections
 
 from configs import common
 from configs.sweeps import mqar
+import miras_jax as mj
 from miras_jax import models
 
 CONTEXT = 128  # training context length (bytes; S-NIAH-PK needs >= 108)
 WINDOW = 16  # sliding window (MAG, MAL) / segment (MAC) of the attention, < CONTEXT
+INNER_CLIP = 1.0  # per-token inner-gradient norm clip of the MLP memories (grad_clip)
 
 
 def get_config(arg: str | None = None):
@@ -31,6 +38,9 @@ def get_config(arg: str | None = None):
     name = "miras_lm"
   if name != "transformer":
     overrides.update(chunk_size=16, gate_rank=16)
+    rule = mj.presets.get(overrides.get("preset", "titans_lmm"))
+    if isinstance(rule, mj.Rule) and isinstance(rule.memory, mj.MLPMemory):
+      overrides["preset_options"] = (("grad_clip", INNER_CLIP),)
   if name in ("titans_mag", "titans_mal", "hybrid_lm"):
     overrides["window"] = WINDOW
   if name == "titans_mac":

@@ -57,8 +57,11 @@ def clip_scale(norm_sq: jax.Array, clip: float) -> jax.Array:
   """``min(1, clip / ‖∇‖)`` from ``norm_sq = ‖∇‖²`` (1 at ∇ = 0): the factor of inner-gradient
   clipping (``Rule.grad_clip``). Not in the papers; titans-pytorch offers the same per-sample
   clipping (``max_grad_norm``). Without it a 2-layer MLP memory whose meta-learned initial weights
-  have grown can blow up within one sequence (GD on it is unstable once η·‖W‖² is large)."""
-  return clip / jnp.maximum(jnp.sqrt(norm_sq), clip)
+  have grown can blow up within one sequence (GD on it is unstable once η·‖W‖² is large).
+
+  The floor is taken before the square root, so a token whose gradient is exactly 0 gets a zero
+  derivative of the factor (√‖∇‖² at 0 would give 0 · ∞ = NaN in the outer gradient)."""
+  return clip / jnp.sqrt(jnp.maximum(norm_sq, clip * clip))
 
 
 @dataclasses.dataclass(frozen=True)

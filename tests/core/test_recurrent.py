@@ -265,3 +265,28 @@ def test_titans_ablation_options_drop_momentum_and_forgetting():
     ys, st = mj.recurrent(rule, state, q, k, v, g)
     ys_want, st_want = mj.recurrent(want, state, q, k, v, g)
     chex.assert_trees_all_close((ys, st), (ys_want, st_want))
+
+
+@pytest.mark.parametrize("memory", ["linear", "mlp"])
+@pytest.mark.parametrize("form", ["recurrent", "chunked"])
+def test_clipped_rule_outer_gradient_at_a_zero_inner_gradient(memory, form):
+  """A token whose inner gradient is exactly 0 (key 0: the L2 gradient e kᵀ and, through SiLU(0)
+  = 0, every MLP layer's gradient vanish) gives the clip factor's √‖∇‖² a 0/0 derivative. With a
+  clip no token reaches, the clipped rule's outer gradients must equal the unclipped rule's."""
+  t = 8
+  plain = mj.presets.get("titans_lmm", memory=memory)
+  clipped = mj.presets.get("titans_lmm", memory=memory, grad_clip=1e6)
+  _, state, q, k, v, g = make_inputs("titans_lmm", t, rule=plain)
+  k = k.at[3].set(0.0)
+
+  def loss(rule, q, k, v):
+    if form == "recurrent":
+      ys, _ = mj.recurrent(rule, state, q, k, v, g)
+    else:
+      ys, _ = mj.chunked(rule, state, q, k, v, g, chunk_size=4)
+    return jnp.sum(ys**2)
+
+  grads = jax.grad(lambda *a: loss(clipped, *a), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
+  chex.assert_tree_all_finite(grads)
+  chex.assert_trees_all_close(grads, want, rtol=1e-5, atol=1e-6)
