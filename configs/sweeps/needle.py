@@ -15,7 +15,10 @@ DeltaNet at 1000 steps and 1e-2 reached exact match 0.43 at 128 bytes (76 s on 2
 At that lr every MLP memory (Moneta, Yaad, Memora, Titans LMM and the MAC / MAG / MAL hybrids)
 runs with its inner gradient clipped per token to norm ``INNER_CLIP`` (``grad_clip``, not in the
 papers): without it Moneta's inner loop blew up to NaN by optimizer step 60. Linear memories (Gated
-DeltaNet) keep their exact, unclipped form.
+DeltaNet) keep their exact, unclipped form. Moneta also floors ‖A‖_4 at ``LQ_EPS`` in its
+normaliser W = A / ‖A‖_4² (``presets.moneta(eps=)``, not in the paper): in a run without it the
+learned retention gate reached α ≈ 1e-5, emptied A to ‖A‖_4 ≈ 1e-9 (W ≈ 1e9) and the outer
+gradients went NaN at step 168; in healthy steps ‖A‖_4 stayed above 0.025, where the floor is inactive.
 """
 
 import ml_collections
@@ -28,6 +31,7 @@ from miras_jax import models
 CONTEXT = 128  # training context length (bytes; S-NIAH-PK needs >= 108)
 WINDOW = 16  # sliding window (MAG, MAL) / segment (MAC) of the attention, < CONTEXT
 INNER_CLIP = 1.0  # per-token inner-gradient norm clip of the MLP memories (grad_clip)
+LQ_EPS = 0.01  # Moneta's floor of ‖A‖_4 in its ℓq normaliser (presets.moneta eps)
 
 
 def get_config(arg: str | None = None):
@@ -41,6 +45,8 @@ def get_config(arg: str | None = None):
     rule = mj.presets.get(overrides.get("preset", "titans_lmm"))
     if isinstance(rule, mj.Rule) and isinstance(rule.memory, mj.MLPMemory):
       overrides["preset_options"] = (("grad_clip", INNER_CLIP),)
+    if overrides.get("preset") == "moneta":
+      overrides["preset_options"] += (("eps", LQ_EPS),)
   if name in ("titans_mag", "titans_mal", "hybrid_lm"):
     overrides["window"] = WINDOW
   if name == "titans_mac":

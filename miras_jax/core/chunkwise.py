@@ -427,7 +427,7 @@ def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v,
     # Reads use the last boundary's normaliser, except at the chunk's last slot (a new boundary).
     last = jnp.arange(q.shape[0]) == q.shape[0] - 1
     inv = [
-      jnp.where(last, ret.lq_scale(e, rule.retention.q), ret.lq_scale(w, rule.retention.q))
+      jnp.where(last, rule.retention.scale(e), rule.retention.scale(w))
       for w, e in zip(_leaves(base.accum), ends, strict=True)
     ]
   else:
@@ -578,7 +578,7 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
     if lq:
       accum = jax.tree.map(jnp.add, ret.scale_by_retention(state.accum, gt), step)
       normalised, _ = rule.retention.init(accum)
-      scale = jax.tree.map(lambda a: ret.lq_scale(a, rule.retention.q), base.accum)
+      scale = jax.tree.map(rule.retention.scale, base.accum)
       read = _tree_where(last, normalised, jax.tree.map(lambda a, c: a * c, accum, scale))
       new = state._replace(weights=normalised, accum=accum, momentum=mom)
     else:

@@ -33,7 +33,8 @@ scales the write when given (Mamba2's Δ_t), 1 otherwise.
 
 Options: the MIRAS, Titans and TTT presets take ``memory=`` ("linear", "mlp" for the paper
 default, an ``MLPMemory`` or a dict of its fields); lp-based presets take ``smooth=``; ``moneta`` takes
-``p``, ``q``; ``memora`` takes ``c``; ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
+``p``, ``q`` and ``eps`` (a floor of ‖A‖_q in its normaliser, ``LqNormalization``; 0, the
+paper's, by default); ``memora`` takes ``c``; ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
 ``momentum`` (Titans' surprise momentum over the DGD step); ``delta_product`` takes ``n``; ``softmax_attention`` takes
 ``window`` and ``scale``; every parametric preset takes ``use_loss=True`` to differentiate the bias's
 loss with ``jax.grad`` instead of using its closed-form gradient, and ``grad_clip=c`` to clip each
@@ -244,13 +245,13 @@ def dgd(memory="linear", momentum=False, use_loss=False):
 
 # ---- MIRAS ------------------------------------------------------------------------------------
 @_register("moneta")
-def moneta(memory=None, p=3.0, q=4.0, smooth=False, use_loss=False):
+def moneta(memory=None, p=3.0, q=4.0, eps=0.0, smooth=False, use_loss=False):
   mem = resolve_memory(memory, MIRAS_MLP)
   return Rule(
     "moneta",
     mem,
     biases.Lp(p=p, smooth=smooth),
-    ret.LqNormalization(q=q),
+    ret.LqNormalization(q=q, eps=eps),
     algos.GD(),
     use_loss=use_loss,
   )

@@ -112,11 +112,19 @@ class Decay:
     return jax.tree.map(jnp.add, self.decay(weights, g), step), None
 
 
-def lq_scale(a: jax.Array, q: float) -> jax.Array:
-  """1 / ‖A‖_q^{q−2} over all entries of one weight matrix (1 when A = 0): W = A · lq_scale(A, q)."""
+def lq_scale(a: jax.Array, q: float, eps: float = 0.0) -> jax.Array:
+  """1 / max(‖A‖_q, ε)^{q−2} over all entries of one weight matrix: W = A · lq_scale(A, q, ε).
+
+  ε = 0 is MIRAS Eq 24 exactly (1 when A = 0). For q > 2 the map scales W like ‖W‖_q =
+  ‖A‖_q^{3−q}: an accumulator that a near-zero retention gate has emptied gives huge weights and,
+  below ‖A‖_4 ≈ 1e-9 in float32, overflowing outer gradients. ε > 0 floors the norm there (W =
+  A / ε^{q−2} while ‖A‖_q < ε) and is the identity elsewhere.
+  """
   if q == 2.0:
     return jnp.ones((), a.dtype)
   norm_q = jnp.sum(jnp.abs(a) ** q)
+  if eps > 0:  # the floor is taken on Σ|a|^q, so the power below never sees a tiny number
+    return 1.0 / jnp.maximum(norm_q, eps**q) ** ((q - 2.0) / q)
   safe = jnp.where(norm_q > 0, norm_q, 1.0)
   return jnp.where(norm_q > 0, 1.0 / safe ** ((q - 2.0) / q), 1.0)
 
@@ -126,24 +134,32 @@ class LqNormalization:
   """Moneta's ℓq retention (MIRAS Eq 24): A_t = α_t A_{t−1} + Δ_t, W_t = A_t / ‖A_t‖_q^{q−2}.
 
   The state stores A (``accum``) and the weights W derived from it; ``init(A_0)`` gives
-  ``W_0 = A_0 / ‖A_0‖_q^{q−2}``. q = 2 is the identity map (plain decayed GD).
+  ``W_0 = A_0 / ‖A_0‖_q^{q−2}``. q = 2 is the identity map (plain decayed GD). ``eps`` > 0 floors
+  the norm, W_t = A_t / max(‖A_t‖_q, ε)^{q−2} (not in the paper; see ``lq_scale``).
   """
 
   q: float = 4.0  # q of the ℓq norm (> 1)
+  eps: float = 0.0  # floor ε of ‖A‖_q in the normaliser (0: MIRAS Eq 24 exactly)
 
   def __post_init__(self):
     if not self.q > 1.0:
       raise ValueError(f"q must be > 1 for the lq retention; got {self.q}")
+    if not self.eps >= 0.0:
+      raise ValueError(f"eps must be >= 0 for the lq retention; got {self.eps}")
 
   @property
   def name(self) -> str:
-    return f"lq(q={self.q:g})"
+    return f"lq(q={self.q:g}{f', eps={self.eps:g}' if self.eps else ''})"
 
   gates = ("retention",)
   has_accum = True
 
+  def scale(self, accum: jax.Array) -> jax.Array:
+    """The normaliser of one weight matrix, ``1 / max(‖A‖_q, ε)^{q−2}``."""
+    return lq_scale(accum, self.q, self.eps)
+
   def init(self, accum):
-    return jax.tree.map(lambda a: a * lq_scale(a, self.q), accum), accum
+    return jax.tree.map(lambda a: a * self.scale(a), accum), accum
 
   def write(self, weights, accum, step, g):
     accum = jax.tree.map(jnp.add, scale_by_retention(accum, g), step)

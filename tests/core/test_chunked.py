@@ -26,6 +26,9 @@ MINIBATCH_CASES = (
   # inner-gradient clipping (per-token norms here are 0.8–3: about half the tokens are clipped);
   # a clipped linear rule leaves the exact family for the mini-batch form
   + [("titans_lmm", {"grad_clip": 2.0}), ("delta_net", {"grad_clip": 2.0})]
+  # Moneta's ℓq floor, active on some tokens and matrices of these inputs (‖A‖_4 1.1–4.3 linear,
+  # 4–13 on the MLP's second matrix)
+  + [("moneta", {"memory": "linear", "eps": 2.5}), ("moneta", {"eps": 10.0})]
 )
 T = 13  # not a multiple of any chunk size below: the last chunk is partial
 
