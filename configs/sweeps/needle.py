@@ -19,6 +19,9 @@ DeltaNet) keep their exact, unclipped form. Moneta also floors ‖A‖_4 at ``LQ
 normaliser W = A / ‖A‖_4² (``presets.moneta(eps=)``, not in the paper): in a run without it the
 learned retention gate reached α ≈ 1e-5, emptied A to ‖A‖_4 ≈ 1e-9 (W ≈ 1e9) and the outer
 gradients went NaN at step 168; in healthy steps ‖A‖_4 stayed above 0.025, where the floor is inactive.
+Memora floors W at ``KL_EPS`` before log W (``presets.memora(eps=)``): without it, retention gates
+α ≈ 1e-10 met weights ≈ 1e-22, the derivative α / W of α log W overflowed and training went NaN at
+step ~375 (after reaching loss 0.2); from the same checkpoint with the floor, gradient norms stayed ~1.
 """
 
 import ml_collections
@@ -32,6 +35,7 @@ CONTEXT = 128  # training context length (bytes; S-NIAH-PK needs >= 108)
 WINDOW = 16  # sliding window (MAG, MAL) / segment (MAC) of the attention, < CONTEXT
 INNER_CLIP = 1.0  # per-token inner-gradient norm clip of the MLP memories (grad_clip)
 LQ_EPS = 0.01  # Moneta's floor of ‖A‖_4 in its ℓq normaliser (presets.moneta eps)
+KL_EPS = 1e-6  # Memora's floor of W before log W (presets.memora eps; the library default is 1e-30)
 
 
 def get_config(arg: str | None = None):
@@ -45,8 +49,9 @@ def get_config(arg: str | None = None):
     rule = mj.presets.get(overrides.get("preset", "titans_lmm"))
     if isinstance(rule, mj.Rule) and isinstance(rule.memory, mj.MLPMemory):
       overrides["preset_options"] = (("grad_clip", INNER_CLIP),)
-    if overrides.get("preset") == "moneta":
-      overrides["preset_options"] += (("eps", LQ_EPS),)
+    eps = {"moneta": LQ_EPS, "memora": KL_EPS}.get(overrides.get("preset"))
+    if eps is not None:
+      overrides["preset_options"] += (("eps", eps),)
   if name in ("titans_mag", "titans_mal", "hybrid_lm"):
     overrides["window"] = WINDOW
   if name == "titans_mac":

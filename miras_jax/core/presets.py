@@ -34,7 +34,8 @@ scales the write when given (Mamba2's Δ_t), 1 otherwise.
 Options: the MIRAS, Titans and TTT presets take ``memory=`` ("linear", "mlp" for the paper
 default, an ``MLPMemory`` or a dict of its fields); lp-based presets take ``smooth=``; ``moneta`` takes
 ``p``, ``q`` and ``eps`` (a floor of ‖A‖_q in its normaliser, ``LqNormalization``; 0, the
-paper's, by default); ``memora`` takes ``c``; ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
+paper's, by default); ``memora`` takes ``c`` and ``eps`` (the floor of W
+before its log, ``KLSoftmax``); ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
 ``momentum`` (Titans' surprise momentum over the DGD step); ``delta_product`` takes ``n``; ``softmax_attention`` takes
 ``window`` and ``scale``; every parametric preset takes ``use_loss=True`` to differentiate the bias's
 loss with ``jax.grad`` instead of using its closed-form gradient, and ``grad_clip=c`` to clip each
@@ -264,9 +265,10 @@ def yaad(memory=None, use_loss=False):
 
 
 @_register("memora")
-def memora(memory=None, c=1.0, use_loss=False):
+def memora(memory=None, c=1.0, eps=1e-30, use_loss=False):
   mem = resolve_memory(memory, MIRAS_MLP)
-  return Rule("memora", mem, biases.L2(), ret.KLSoftmax(c=c), algos.GD(), use_loss=use_loss)
+  retention = ret.KLSoftmax(c=c, eps=eps)
+  return Rule("memora", mem, biases.L2(), retention, algos.GD(), use_loss=use_loss)
 
 
 # ---- non-parametric ---------------------------------------------------------------------------

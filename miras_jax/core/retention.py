@@ -34,8 +34,6 @@ import jax.numpy as jnp
 
 from miras_jax.core.gates import Gates
 
-_TINY = 1e-30  # floor of W before log W (Memora)
-
 
 def scale_by_retention(tree, g: Gates, *, required: bool = True):
   """α ⊙ tree: scalar α scales every leaf; key-channel α scales columns, value-channel β rows.
@@ -171,13 +169,22 @@ class KLSoftmax:
   """Memora's KL retention (MIRAS Eq 21/27): W_t = c · softmax(α_t log W_{t−1} + Δ_t) per row.
 
   Keeps every row of every weight matrix on the simplex scaled by c; needs positive weights.
+  ``log W`` is taken of ``max(W, eps)``. The default 1e-30 only keeps an underflowed weight from
+  giving 0 · log 0 = NaN. A larger floor bounds the map's derivative α / W, which is exact but
+  unbounded as W → 0 when α < 1 (W^α has an infinite slope at 0): measured in a Memora training
+  run, retention gates α ≈ 1e-10 met weights ≈ 1e-22 and the outer gradients overflowed.
   """
 
   c: float = 1.0  # mass of each row (the simplex scale c)
+  eps: float = 1e-30  # floor of W before log W
 
   def __post_init__(self):
     if not self.c > 0:
       raise ValueError(f"c must be > 0; got {self.c}")
+    if not self.eps > 0:
+      raise ValueError(
+        f"eps must be > 0 for the KL retention (it floors W before log W); got {self.eps}"
+      )
 
   name = "kl_softmax"
   gates = ("retention",)
@@ -187,8 +194,7 @@ class KLSoftmax:
     return weights, None
 
   def write(self, weights, accum, step, g):
-    # log W is floored at log(1e-30): a weight that underflowed to 0 must not give 0 · log 0 = NaN.
-    log_w = jax.tree.map(lambda w: jnp.log(jnp.maximum(w, _TINY)), weights)
+    log_w = jax.tree.map(lambda w: jnp.log(jnp.maximum(w, self.eps)), weights)
     logits = jax.tree.map(jnp.add, scale_by_retention(log_w, g), step)
     return jax.tree.map(lambda z: self.c * jax.nn.softmax(z, axis=-1), logits), None
 

@@ -29,6 +29,8 @@ MINIBATCH_CASES = (
   # Moneta's ℓq floor, active on some tokens and matrices of these inputs (‖A‖_4 1.1–4.3 linear,
   # 4–13 on the MLP's second matrix)
   + [("moneta", {"memory": "linear", "eps": 2.5}), ("moneta", {"eps": 10.0})]
+  # Memora's floor of W before log W (its token-serial weights here span 0.12–0.39)
+  + [("memora", {"memory": "linear", "eps": 0.25})]
 )
 T = 13  # not a multiple of any chunk size below: the last chunk is partial
 

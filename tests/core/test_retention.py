@@ -125,6 +125,28 @@ def test_memora_linear_matches_numpy():
   _assert_close(st.weights, w)
 
 
+def test_memora_floor_matches_numpy_where_weights_fall_below_it():
+  """With ``eps``, log W is taken of max(W, ε): a sharp stream (large η) drives some weights
+  below ε, where the reference floors them too; the default floor (1e-30) is not reached."""
+  c, eps = 1.0, 0.02
+  rule = mj.presets.get("memora", memory="linear", c=c, eps=eps)
+  q, k, v, rng = _stream(seed=14, v_scale=3.0)
+  w0 = rng.uniform(0.05, 1.0, size=(D, D)).astype(np.float32)
+  w0 /= w0.sum(axis=-1, keepdims=True)
+  lr, alpha = rng.uniform(0.5, 1.5, size=T), rng.uniform(0.1, 1.0, size=T)
+  ys, st = mj.recurrent(rule, rule.init_state(w0), q, k, v, _gates(lr=lr, retention=alpha))
+  w, q64, k64, v64, lr, alpha = _f64(w0, q, k, v, lr.astype(np.float32), alpha.astype(np.float32))
+  ys_ref, floored = [], 0
+  for t in range(T):
+    floored += int(np.sum(w < eps))
+    logits = alpha[t] * np.log(np.maximum(w, eps)) - lr[t] * _l2_grad(w, k64[t], v64[t])
+    w = c * _softmax_rows(logits)
+    ys_ref.append(w @ q64[t])
+  assert 0 < floored < T * D * D, floored
+  _assert_close(ys, np.array(ys_ref))
+  _assert_close(st.weights, w)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bregman divergence with the logit mirror map: W_t = σ(logit(W_{t−1}) − η_t ∇ℓ(W_{t−1})).
 BREGMAN = mj.Rule("bregman", LINEAR, mj.biases.L2(), R.BregmanSigmoid(), GD)
@@ -533,6 +555,8 @@ def test_retention_constructor_arguments_are_checked():
     R.KLSoftmax(c=0.0)
   with pytest.raises(ValueError, match=r"\bc\b"):
     mj.presets.get("memora", c=-1.0)
+  with pytest.raises(ValueError, match="eps"):
+    mj.presets.get("memora", eps=0.0)
   with pytest.raises(ValueError, match="channels"):
     R.Decay("rows")
 
