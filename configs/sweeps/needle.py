@@ -26,9 +26,9 @@ step ~375 (after reaching loss 0.2); from the same checkpoint with the floor, gr
 
 import ml_collections
 
+import miras_jax as mj
 from configs import common
 from configs.sweeps import mqar
-import miras_jax as mj
 from miras_jax import models
 
 CONTEXT = 128  # training context length (bytes; S-NIAH-PK needs >= 108)

@@ -389,9 +389,7 @@ def test_moneta_floor_keeps_outer_gradients_finite_when_the_accumulator_empties(
 
   def grads(eps):
     rule = mj.presets.get("moneta", memory="linear", eps=eps)
-    loss = lambda w0, k, v: jnp.sum(
-      mj.recurrent(rule, rule.init_state(w0), q, k, v, gates)[0] ** 2
-    )
+    loss = lambda w0, k, v: jnp.sum(mj.recurrent(rule, rule.init_state(w0), q, k, v, gates)[0] ** 2)
     return jax.grad(loss, argnums=(0, 1, 2))(w0, k, v)
 
   chex.assert_tree_all_finite(grads(0.01))
