@@ -7,10 +7,23 @@ fewer steps) so that variants separate and one run takes well under a minute on 
 ``arg``: a model name (default miras_lm, titans_lmm memory) or a memory preset name (then
 miras_lm with that preset). The sweeps (``experiments/sweep_*.py``) override model fields per
 variant. Chance accuracy on the queried values is 1 / (vocab / 2).
+
+``guard_options`` are the numerical guards the sweeps run memories with at the higher lr 1e-2
+(the needle config, and MQAR re-runs at that lr): none is in the papers, each was added after a
+diverged run was replayed and diagnosed (docs/models.md, "Numerical guards"):
+
+- ``grad_clip=INNER_CLIP`` for every MLP memory: Moneta's inner loop blew up to NaN by optimizer
+  step 60 without it;
+- Moneta ``eps=LQ_EPS``, a floor of ‖A‖_4 in W = A / ‖A‖_4²: a learned retention gate α ≈ 1e-5
+  emptied A to ‖A‖_4 ≈ 1e-9 (W ≈ 1e9) and the outer gradients went NaN at step 168; in healthy
+  steps ‖A‖_4 stayed above 0.025, where the floor is inactive;
+- Memora ``eps=KL_EPS``, a floor of W before log W: α ≈ 1e-10 met W ≈ 1e-22, the derivative α / W
+  overflowed and training went NaN at step ~375 (after reaching loss 0.2).
 """
 
 import ml_collections
 
+import miras_jax as mj
 from configs import common
 from miras_jax import models
 
@@ -18,6 +31,9 @@ DATA_DIR = "runs/sweeps/tfds"  # prepared datasets, shared by all sweep runs (gi
 SEQ_LEN = 64  # tokens per example
 VOCAB = 64  # MQAR vocabulary (keys from one half, values from the other)
 PAIRS = 8  # key-value pairs per example, every key queried once
+INNER_CLIP = 1.0  # per-token inner-gradient norm clip of the MLP memories (grad_clip)
+LQ_EPS = 0.01  # Moneta's floor of ‖A‖_4 in its ℓq normaliser (presets.moneta eps)
+KL_EPS = 1e-6  # Memora's floor of W before log W (presets.memora eps; the library default 1e-30)
 
 
 def get_config(arg: str | None = None):
@@ -55,3 +71,16 @@ def short_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 1  # only the final checkpoint is needed
   c.train.async_checkpoints = False  # the sweep evaluates right after training
   return c
+
+
+def guard_options(preset: str) -> tuple:
+  """The ``preset_options`` of the sweeps' numerical guards for memory ``preset`` (() for linear
+  memories: they keep their exact, unclipped form)."""
+  rule = mj.presets.get(preset)
+  options = ()
+  if isinstance(rule, mj.Rule) and isinstance(rule.memory, mj.MLPMemory):
+    options += (("grad_clip", INNER_CLIP),)
+  eps = {"moneta": LQ_EPS, "memora": KL_EPS}.get(preset)
+  if eps is not None:
+    options += (("eps", eps),)
+  return options
