@@ -13,7 +13,9 @@ variant. Chance accuracy on the queried values is 1 / (vocab / 2).
 diverged run was replayed and diagnosed (docs/models.md, "Numerical guards"):
 
 - ``grad_clip=INNER_CLIP`` for every MLP memory: Moneta's inner loop blew up to NaN by optimizer
-  step 60 without it;
+  step 60 without it. Measured later (``sweep_inner_clip``): 1 is too tight (it nearly stops the
+  Titans LMM learning MQAR; 10 and 3 learn, none diverges 3 of 3); it stays 1 here because the
+  published needle and lr-1e-2 runs were made with it;
 - Moneta ``eps=LQ_EPS``, a floor of ‖A‖_4 in W = A / ‖A‖_4²: a learned retention gate α ≈ 1e-5
   emptied A to ‖A‖_4 ≈ 1e-9 (W ≈ 1e9) and the outer gradients went NaN at step 168; in healthy
   steps ‖A‖_4 stayed above 0.025, where the floor is inactive;
