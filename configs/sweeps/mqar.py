@@ -23,6 +23,8 @@ diverged run was replayed and diagnosed (docs/models.md, "Numerical guards"):
   overflowed and training went NaN at step ~375 (after reaching loss 0.2).
 """
 
+import copy
+
 import ml_collections
 
 import miras_jax as mj
@@ -86,3 +88,17 @@ def guard_options(preset: str) -> tuple:
   if eps is not None:
     options += (("eps", eps),)
   return options
+
+
+def with_inner_clip(c: ml_collections.ConfigDict, clip: float) -> ml_collections.ConfigDict:
+  """A copy of ``c`` whose memory's ``grad_clip`` option is ``clip`` (configs without one are
+  returned unchanged: linear memories and the Transformer keep their unclipped form)."""
+  options = tuple(c.model.overrides.get("preset_options", ()))
+  if not any(k == "grad_clip" for k, _ in options):
+    return c
+  c = copy.deepcopy(c)
+  with c.unlocked():
+    c.model.overrides.preset_options = tuple(
+      (k, clip if k == "grad_clip" else v) for k, v in options
+    )
+  return c

@@ -36,3 +36,12 @@ def test_mqar_rerun_at_another_lr():
   assert "preset_options" not in base["moneta"].model.overrides
   with pytest.raises(ValueError, match="--lr"):
     sweep_miras_models.variants("s_niah_pk", lr=1e-2)
+
+
+def test_with_inner_clip_replaces_only_the_clip():
+  moneta = needle.get_config("moneta")
+  looser = mqar.with_inner_clip(moneta, 10.0)
+  assert dict(looser.model.overrides.preset_options) == {"grad_clip": 10.0, "eps": mqar.LQ_EPS}
+  assert dict(moneta.model.overrides.preset_options)["grad_clip"] == mqar.INNER_CLIP  # a copy
+  gdn = needle.get_config("gated_delta_net")
+  assert mqar.with_inner_clip(gdn, 10.0) is gdn  # no clip to replace: unchanged
