@@ -28,14 +28,12 @@ def variants():
   out = []
   for preset, clips in CLIPS.items():
     for clip in clips:
-      c = mqar.get_config(preset)
-      with c.unlocked():
-        c.optimizer.lr = LR
       options = tuple((k, v) for k, v in mqar.guard_options(preset) if k != "grad_clip")
       if clip is not None:
         options = (("grad_clip", clip),) + options
       name = f"{preset}_clip{clip:g}" if clip is not None else f"{preset}_noclip"
-      out.append((name, sweeplib.with_overrides(c, preset_options=options) if options else c))
+      model = {"preset_options": options} if options else {}
+      out.append((name, sweeplib.with_overrides(mqar.get_config(preset), lr=LR, **model)))
   return out
 
 

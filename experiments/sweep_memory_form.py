@@ -29,13 +29,11 @@ def variants():
   out = []
   for preset, default in DEFAULT.items():
     for form, memory in (("plain", PLAIN), ("residual_ln", RESIDUAL_LN)):
-      c = mqar.get_config(preset)
-      with c.unlocked():
-        c.optimizer.lr = LR
       options = mqar.guard_options(preset)
       if form != default:  # the preset's own memory is left implicit (its runs are reused)
         options += (("memory", memory),)
-      out.append((f"{preset}_{form}", sweeplib.with_overrides(c, preset_options=options)))
+      c = sweeplib.with_overrides(mqar.get_config(preset), lr=LR, preset_options=options)
+      out.append((f"{preset}_{form}", c))
   return out
 
 

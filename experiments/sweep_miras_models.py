@@ -45,10 +45,9 @@ def variants(task: str, lr: float = 0.0):
     if task != "mqar":
       raise ValueError(f"--lr applies to the MQAR sweep only; got --task={task}")
     for m, c in configs.items():
-      with c.unlocked():
-        c.optimizer.lr = lr
-      if m != "transformer" and mqar.guard_options(m):
-        configs[m] = sweeplib.with_overrides(c, preset_options=mqar.guard_options(m))
+      guards = mqar.guard_options(m) if m != "transformer" else ()
+      model = {"preset_options": guards} if guards else {}
+      configs[m] = sweeplib.with_overrides(c, lr=lr, **model)
   target = sweeplib.count_params(configs["moneta"])
   for m in MATCHED:
     configs[m] = sweeplib.match_params(configs[m], target)

@@ -405,14 +405,17 @@ def match_params(config, target: int, field: str = "mlp_hidden"):
   return with_value(best)
 
 
-def with_overrides(config, *, steps: int | None = None, **model_overrides):
-  """A copy of ``config`` with model overrides (and ``train.steps`` when given) applied."""
+def with_overrides(config, *, steps: int | None = None, lr: float | None = None, **model_overrides):
+  """A copy of ``config`` with model overrides (and ``train.steps`` / ``optimizer.lr`` when given)
+  applied."""
   c = copy.deepcopy(config)
   with c.unlocked():
     for k, v in model_overrides.items():
       c.model.overrides[k] = v
     if steps:
       c.train.steps = int(steps)
+    if lr:
+      c.optimizer.lr = float(lr)
   return c
 
 
