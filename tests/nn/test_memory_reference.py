@@ -1,0 +1,67 @@
+"""NeuralMemory against its data flow written out (``tests/nn/reference.py``): projections, short
+causal conv, SiLU, ℓ2-normalised q and k, the gates with their documented activations, initial
+biases and ``max_lr``, the memory rule from the learned initial memory at the constructor's chunk
+size, per-head RMSNorm, output gate and projection; numpy, with the memory rule from the core's
+token-serial references."""
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from miras_jax.nn.memory import NeuralMemory
+from tests.nn import reference as ref
+
+B, T, E, H, D = 2, 12, 16, 2, 8
+CHUNK = 4  # < T: the mini-batch forms take gradients at the state of the previous chunk boundary
+TOL = 1e-4
+# Memora's softmax-initialised memory has nearly equal rows, so the LayerNorm of its residual MLP
+# divides a tiny spread by its own std and amplifies float32 round-off (the dual and token-serial
+# forms differ by ~1e-4 in float32 and by ~1e-12 in float64 on the same inputs).
+CASE_TOL = {"memora": 5e-4}
+
+# (preset, options, max_lr passed to the constructor, the documented max_lr the reference uses)
+CASES = {
+  "titans_lmm": ("titans_lmm", {}, None, 0.1),  # MLP memory: max_lr defaults to 0.1
+  "titans_lmm_fast": ("titans_lmm", {}, 2.0, 2.0),  # large steps: the chunk grid matters
+  "memora": ("memora", {}, 1.0, 1.0),
+  "yaad": ("yaad", {}, 1.0, 1.0),
+  "gated_delta_net": ("gated_delta_net", {}, None, 1.0),  # linear memory: max_lr defaults to 1
+}
+
+
+def _x(seed=0):
+  return np.random.default_rng(seed).normal(size=(B, T, E))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_neural_memory_matches_the_documented_data_flow(case):
+  preset, options, max_lr, documented_max_lr = CASES[case]
+  layer = NeuralMemory(
+    E,
+    H,
+    D,
+    preset=preset,
+    preset_options=dict(options),
+    chunk_size=CHUNK,
+    conv_kernel=4,
+    gate_rank=4,
+    max_lr=max_lr,
+    rngs=nnx.Rngs(1),
+  )
+  ref.randomize_norm_scales(layer)
+  x = _x()
+  got, _ = nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x, jnp.float32))
+  memory = ref.MemoryReference(
+    layer,
+    preset=preset,
+    preset_options=dict(options),
+    chunk_size=CHUNK,
+    max_lr=documented_max_lr,
+    heads=H,
+    head_dim=D,
+  )
+  want, _ = memory(x, memory.init_state(B))
+  tol = CASE_TOL.get(case, TOL)
+  chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
