@@ -119,6 +119,10 @@ class Huber:
   - ``mixture`` (Eq 16, Yaad): gradient e (∇ℓ2) if ‖e‖ ≤ δ else δ sign(e) (δ ∇ℓ1). Defined by its
     update direction only, so it has no loss.
 
+  A channel-wise threshold δ ∈ R^{d_v} (``gates.delta: [T, d_v]``, MIRAS §5.4) acts per output
+  channel (``coord`` and ``mixture``): ``coord`` compares |e_j| with δ_j; ``mixture`` switches on
+  ‖e ⊘ δ‖ ≤ 1 and takes δ ⊙ sign(e) beyond it, so that equal channels give the scalar rule exactly.
+
   H(a) = ½a² if |a| ≤ δ else δ(|a| − ½δ).
   """
 
@@ -150,7 +154,10 @@ class Huber:
     e = pred - v
     if self.variant == "coord":
       return jnp.where(jnp.abs(e) <= delta, e, delta * jnp.sign(e))
-    small = _safe_norm(e) <= delta
+    if jnp.ndim(delta) == 0:
+      small = _safe_norm(e) <= delta
+    else:  # channel-wise δ (mixture): the switch compares ‖e ⊘ δ‖ with 1
+      small = _safe_norm(e / delta) <= 1.0
     if self.variant == "norm":
       return jnp.where(small, e, delta * _unit(e))
     return jnp.where(small, e, delta * jnp.sign(e))
@@ -209,6 +216,15 @@ class FromOutputGrad:
   @property
   def output_grad(self):
     return self.fn
+
+
+def output_gradient(bias, pred, v, delta=None, *, use_loss: bool = False):
+  """∂ℓ/∂M(k) at ``pred``: the bias's closed form, or ``jax.grad`` of its loss (``use_loss``)."""
+  if use_loss or bias.output_grad is None:
+    if bias.loss is None:
+      raise ValueError(f"bias {bias.name} has no loss to differentiate")
+    return jax.grad(lambda p: bias.loss(p, v, delta))(pred)
+  return bias.output_grad(pred, v, delta)
 
 
 def weight_grad(memory, bias, weights, k, v, delta=None, *, use_loss: bool = False):

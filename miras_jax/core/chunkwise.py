@@ -221,6 +221,8 @@ def _exact_inputs(rule: Rule, q, k, v, g: Gates):
 
 
 def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
+  if g.lr is not None and g.lr.ndim == 2 and not isinstance(rule.algorithm, algos.MultiStepGD):
+    return _exact_channel_lr(rule, state, q, k, v, g, b, remat)
   t = q.shape[0]
   n = rule.algorithm.steps if isinstance(rule.algorithm, algos.MultiStepGD) else 1
   decayed = rule.grad_at == "decayed"
@@ -310,6 +312,20 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
   return ys, state._replace(weights=w)
 
 
+def _exact_channel_lr(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
+  """A channel-wise rate ``lr: [T, d_v]`` on a linear memory: row r of W (output channel r) then
+  follows its own rule with the scalar rate ``lr[:, r]`` (the rows of W_t − diag(η)(W k − v) kᵀ
+  do not interact), so the exact form runs once per row, vmapped."""
+
+  def row(w, v_r, lr_r):
+    ys, end = _exact(rule, state._replace(weights=w[None]), q, k, v_r[:, None],
+                     g._replace(lr=lr_r), b, remat)  # fmt: skip
+    return ys[:, 0], end.weights[0]
+
+  ys, w = jax.vmap(row, in_axes=(0, 1, 1), out_axes=(1, 0))(state.weights, v, g.lr)
+  return ys, state._replace(weights=w)
+
+
 # ================================================================================================
 # Mini-batch form (non-linear memories, momentum, non-linear biases and retention)
 # ================================================================================================
@@ -333,8 +349,10 @@ def _check_minibatch(rule: Rule, g: Gates, *, serial: bool = False):
       raise ValueError(f"{rule.name}: the mini-batch chunked form needs a scalar gates.{name} [T]")
 
 
-def _token_factors(rule: Rule, base, k, v, delta):
-  """Per-layer (input x, backward signal g) of one token's gradient at ``base``: ∇_l = g_l x_lᵀ."""
+def _token_factors(rule: Rule, base, k, v, delta, lr=None):
+  """Per-layer (input x, backward signal g) of one token's gradient at ``base``: ∇_l = g_l x_lᵀ.
+
+  ``lr``: a channel-wise rate ``[d_v]``, folded into the signals (as ``Rule._grad`` does)."""
 
   def forward(taps):
     inputs = []
@@ -347,22 +365,28 @@ def _token_factors(rule: Rule, base, k, v, delta):
 
   widths = [w.shape[0] for w in jax.tree.leaves(base)]
   taps = [jnp.zeros((n,), k.dtype) for n in widths]
-  bias = rule.bias
-  if rule.use_loss or bias.output_grad is None:
-
-    def loss(z):
-      pred, inputs = forward(z)
-      return bias.loss(pred, v, delta), inputs
-
-    signals, inputs = jax.grad(loss, has_aux=True)(taps)
-  else:
-    pred, pullback, inputs = jax.vjp(forward, taps, has_aux=True)
-    (signals,) = pullback(bias.output_grad(pred, v, delta))
+  pred, pullback, inputs = jax.vjp(forward, taps, has_aux=True)
+  out = biases.output_gradient(rule.bias, pred, v, delta, use_loss=rule.use_loss)
+  (signals,) = pullback(out)
+  scaled = signals if lr is None else pullback(lr * out)[0]
   if rule.grad_clip is not None:  # ‖∇‖² = Σ_l ‖g_l‖² ‖x_l‖² (each layer's gradient is rank 1)
     norm_sq = sum(jnp.sum(s * s) * jnp.sum(x * x) for s, x in zip(signals, inputs, strict=True))
     scale = clip_scale(norm_sq, rule.grad_clip)
-    signals = [s * scale for s in signals]
-  return inputs, signals
+    scaled = [s * scale for s in scaled]
+  return inputs, scaled
+
+
+def _factors(rule: Rule, base, k, v, g: Gates):
+  """``_token_factors`` of a chunk's tokens (vmapped) and its gates for the coefficients: a
+  channel-wise ``g.lr: [b, d_v]`` goes into the signals and the coefficients get ``lr = 1``."""
+  delta = g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
+  if g.lr.ndim == 1:
+    xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base, kk, vv, dd))(k, v, delta)
+    return xs, gs, g
+  xs, gs = jax.vmap(lambda kk, vv, dd, ll: _token_factors(rule, base, kk, vv, dd, ll))(
+    k, v, delta, g.lr
+  )
+  return xs, gs, g._replace(lr=jnp.ones(k.shape[:1], g.lr.dtype))
 
 
 def _coefficients(g: Gates, m: jax.Array, momentum: bool):
@@ -407,8 +431,7 @@ def _boundary(state: MemoryState) -> MemoryState:
 def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v, g, m):
   """Tokens of one chunk (``m = 0``: no-op) from ``state``, gradients at ``base`` (dual form)."""
   lq = isinstance(rule.retention, ret.LqNormalization)
-  delta = g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
-  xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base.weights, kk, vv, dd))(k, v, delta)
+  xs, gs, g = _factors(rule, base.weights, k, v, g)
   momentum = rule.algorithm.has_momentum
   a, b_s, coef, s_row = _coefficients(g, m, momentum)
   start = _leaves(state.accum if lq else state.weights)  # W (A for the ℓq retention) now
@@ -520,9 +543,7 @@ def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
   def body(state: MemoryState, c):
     q, k, v, g = c["q"], c["k"], c["v"], c["g"]
     base = state.weights
-    xs, gs = jax.vmap(lambda kk, vv, dd: _token_factors(rule, base, kk, vv, dd))(
-      k, v, g.delta if g.delta is not None else jnp.zeros(k.shape[:1], k.dtype)
-    )
+    xs, gs, g = _factors(rule, base, k, v, g)
     step = [-(gs[l] * g.lr[:, None]).T @ xs[l] for l in range(len(xs))]  # −Σ_i η_i g_i x_iᵀ
     new = state
     if momentum:
@@ -571,9 +592,9 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
       base = _tree_where(first, _boundary(cand), base)
     else:
       base = _tree_where(first, _boundary(state), base)
-    grad = rule._grad(base.weights, kt, vt, gt)  # noqa: SLF001 (clipped like every write)
+    grad, gs = rule._grad(base.weights, kt, vt, gt)  # noqa: SLF001 (clipped like every write)
     step, mom = rule.algorithm.step(
-      grad, state.momentum, gt, kt, state.weights, rule._inputs(base.weights, kt)
+      grad, state.momentum, gs, kt, state.weights, rule._inputs(base.weights, kt)
     )
     if lq:
       accum = jax.tree.map(jnp.add, ret.scale_by_retention(state.accum, gt), step)

@@ -245,30 +245,37 @@ def dgd(memory="linear", momentum=False, use_loss=False):
 
 
 # ---- MIRAS ------------------------------------------------------------------------------------
+def _algorithm(momentum: bool):
+  """The MIRAS variants' learner: plain GD (MIRAS Eq 24–27), or Titans' momentum over the step
+  (S_t = μ_t S_{t−1} − η_t ∇_t, Eq 10) with ``momentum=True``."""
+  return algos.Momentum() if momentum else algos.GD()
+
+
 @_register("moneta")
-def moneta(memory=None, p=3.0, q=4.0, eps=0.0, smooth=False, use_loss=False):
+def moneta(memory=None, p=3.0, q=4.0, eps=0.0, smooth=False, momentum=False, use_loss=False):
   mem = resolve_memory(memory, MIRAS_MLP)
   return Rule(
     "moneta",
     mem,
     biases.Lp(p=p, smooth=smooth),
     ret.LqNormalization(q=q, eps=eps),
-    algos.GD(),
+    _algorithm(momentum),
     use_loss=use_loss,
   )
 
 
 @_register("yaad")
-def yaad(memory=None, use_loss=False):
+def yaad(memory=None, momentum=False, use_loss=False):
   mem = resolve_memory(memory, MIRAS_MLP)
-  return Rule("yaad", mem, biases.Huber("mixture"), ret.Decay("any"), algos.GD(), use_loss=use_loss)
+  bias, retention = biases.Huber("mixture"), ret.Decay("any")
+  return Rule("yaad", mem, bias, retention, _algorithm(momentum), use_loss=use_loss)
 
 
 @_register("memora")
-def memora(memory=None, c=1.0, eps=1e-30, use_loss=False):
+def memora(memory=None, c=1.0, eps=1e-30, momentum=False, use_loss=False):
   mem = resolve_memory(memory, MIRAS_MLP)
   retention = ret.KLSoftmax(c=c, eps=eps)
-  return Rule("memora", mem, biases.L2(), retention, algos.GD(), use_loss=use_loss)
+  return Rule("memora", mem, biases.L2(), retention, _algorithm(momentum), use_loss=use_loss)
 
 
 # ---- non-parametric ---------------------------------------------------------------------------

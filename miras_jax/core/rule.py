@@ -106,6 +106,18 @@ class Rule:
     return isinstance(self.algorithm, algos.MultiStepGD)
 
   @property
+  def channel_lr(self) -> bool:
+    """Whether ``gates.lr`` may be channel-wise, ``[T, d_v]`` (MIRAS §5.4): one rate per output
+    channel of the memory, scaling that channel's error signal (``_grad``). GD and momentum only
+    (implicit GD, DGD and multi-step GD normalise a scalar rate)."""
+    return isinstance(self.algorithm, (algos.GD, algos.Momentum)) and not self.key_from_retention
+
+  @property
+  def channel_delta(self) -> bool:
+    """Whether ``gates.delta`` may be channel-wise, ``[T, d_v]`` (Huber coord and mixture)."""
+    return isinstance(self.bias, biases.Huber) and self.bias.variant in ("coord", "mixture")
+
+  @property
   def optional_gates(self) -> tuple[str, ...]:
     """Gates used when given and defaulted otherwise (lr → ``lr_default``; retention → none)."""
     opt = ("lr",) if self.lr_default is not None else ()
@@ -145,12 +157,26 @@ class Rule:
 
   # ----------------------------------------------------------------------------------------------
   def _grad(self, base, k, v, g):
-    grad = biases.weight_grad(self.memory, self.bias, base, k, v, g.delta, use_loss=self.use_loss)
+    """``(∇_t, g)``: the (clipped) inner gradient at ``base`` and the gates of the algorithm's step.
+
+    A channel-wise ``g.lr: [d_v]`` scales each output channel's error signal, ∇̃ = J_Wᵀ (η ⊙ ∂ℓ/∂M):
+    it is folded into the gradient here and the step gets ``lr = 1``. The clip factor is that of
+    the unscaled gradient, so equal channels give the scalar rule exactly."""
+    channel_lr = self.channel_lr and g.lr is not None and jnp.ndim(g.lr) == 1
+    if not channel_lr:
+      grad = biases.weight_grad(self.memory, self.bias, base, k, v, g.delta, use_loss=self.use_loss)
+      scaled = grad
+    else:
+      pred, pullback = jax.vjp(lambda w: self.memory.apply(w, k), base)
+      out = biases.output_gradient(self.bias, pred, v, g.delta, use_loss=self.use_loss)
+      (scaled,) = pullback(g.lr * out)
+      grad = pullback(out)[0] if self.grad_clip is not None else None
+      g = g._replace(lr=jnp.ones((), g.lr.dtype))
     if self.grad_clip is None:
-      return grad
+      return scaled, g
     norm_sq = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grad))
     scale = clip_scale(norm_sq, self.grad_clip)
-    return jax.tree.map(lambda x: x * scale, grad)
+    return jax.tree.map(lambda x: x * scale, scaled), g
 
   def _inputs(self, weights, k):
     """Each weight matrix's input when reading k (only DGD uses them)."""
@@ -165,16 +191,17 @@ class Rule:
     if self.multi_step:
       w = state.weights if g.retention is None else self.retention.decay(state.weights, g)
       for i in range(self.algorithm.steps):  # n is small and static: unrolled
-        grad = self._grad(w, k[i], v[i], g)
+        grad, _ = self._grad(w, k[i], v[i], g)
         w = jax.tree.map(lambda a, b, lr=g.lr[i]: a - lr * b, w, grad)
       return state._replace(weights=w)
     if self.grad_at == "decayed":
       base = self.retention.decay(state.weights, g)
-      step, momentum = self.algorithm.step(self._grad(base, k, v, g), state.momentum, g, k, base)
+      grad, gs = self._grad(base, k, v, g)
+      step, momentum = self.algorithm.step(grad, state.momentum, gs, k, base)
       return state._replace(weights=jax.tree.map(jnp.add, base, step), momentum=momentum)
-    grad = self._grad(state.weights, k, v, g)
+    grad, gs = self._grad(state.weights, k, v, g)
     inputs = self._inputs(state.weights, k)
-    step, momentum = self.algorithm.step(grad, state.momentum, g, k, state.weights, inputs)
+    step, momentum = self.algorithm.step(grad, state.momentum, gs, k, state.weights, inputs)
     w, accum = self.retention.write(state.weights, state.accum, step, g)
     return state._replace(weights=w, accum=accum, momentum=momentum)
 
@@ -217,9 +244,9 @@ class Rule:
         raise ValueError(f"gates.{name} is required by preset '{self.name}' and is None")
     linear = isinstance(self.memory, LinearMemory)
     shapes = {
-      "lr": [(t, n)] if n else [(t,)],
+      "lr": [(t, n)] if n else [(t,), (t, d_v)] if self.channel_lr else [(t,)],
       "momentum": [(t,)],
-      "delta": [(t,)],
+      "delta": [(t,), (t, d_v)] if self.channel_delta else [(t,)],
       "retention": self._retention_shapes(t, d_k, linear),
       "retention_value": [(t, d_v)],
     }

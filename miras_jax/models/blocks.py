@@ -38,6 +38,7 @@ def neural_memory(c, rngs: nnx.Rngs) -> NeuralMemory:
     conv_kernel=c.conv_kernel,
     gate_rank=c.gate_rank,
     max_lr=c.max_lr or None,
+    channel_gates=tuple(c.channel_gates),
     rngs=rngs,
   )
 

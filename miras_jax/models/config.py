@@ -103,6 +103,7 @@ class MemoryFields(LMConfig):
   max_lr: float = (
     0.0  # cap of the inner learning rate η = max_lr·σ(·) (0: 1 linear, 0.1 MLP memory)
   )
+  channel_gates: tuple = ()  # gates made channel-wise (MIRAS §5.4): any of "lr", "delta", "retention"
 
   def _check(self):
     for name in ("chunk_size", "gate_rank", "conv_kernel"):

@@ -37,7 +37,7 @@ class NeuralMemoryState(NamedTuple):
 
 
 # Gate → (activation, initial bias): η ∈ (0, 1) small, α and μ near 1, δ > 0 around 1.
-_GATES = {
+GATE_INIT = {
   "lr": (jax.nn.sigmoid, -2.0),
   "retention": (jax.nn.sigmoid, 4.0),
   "retention_value": (jax.nn.sigmoid, 4.0),
@@ -50,7 +50,9 @@ class NeuralMemory(nnx.Module):
   """Multi-head memory block for any preset (``presets.get(preset, **preset_options)``).
 
   Gates: η = max_lr · σ(·), α and μ = σ(·), δ = softplus(·), each from a rank-``gate_rank``
-  projection of x. ``max_lr`` defaults to 1 for linear memories (the delta rule is stable for
+  projection of x: one value per head and token, or ``head_dim`` values for the gates named in
+  ``channel_gates`` (MIRAS §5.4's channel-wise η, δ, α): η and δ per output channel of the memory
+  (``Rule.channel_lr``, Huber's channel-wise δ), α per key channel (linear memories only). ``max_lr`` defaults to 1 for linear memories (the delta rule is stable for
   η‖k‖² < 2 with unit keys) and 0.1 for MLP memories: measured on MQAR, a 2-layer Titans memory
   with η up to 0.6 and μ near 0.99 diverged within a 64-token sequence (weights ~1e20) a few
   optimizer steps into training.
@@ -68,6 +70,7 @@ class NeuralMemory(nnx.Module):
     conv_kernel: int = 4,
     gate_rank: int = 32,
     max_lr: float | None = None,
+    channel_gates: tuple[str, ...] = (),
     rngs: nnx.Rngs,
   ):
     self.rule = mj.presets.get(preset, **(preset_options or {}))
@@ -89,16 +92,15 @@ class NeuralMemory(nnx.Module):
     self.conv_q = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
     self.conv_k = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
     self.conv_v = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
-    channel = getattr(self.rule.retention, "channels", "") in ("key", "key_value")
     self.gate_names = tuple(f for f in mj.Gates._fields if f in self.rule.used_gates)
+    self._widths = self._gate_widths(tuple(channel_gates))
     self.gates = nnx.Dict(
       {
         name: LowRankGate(
           dim,
-          heads
-          * (head_dim if name == "retention_value" or (name == "retention" and channel) else 1),
+          heads * self._widths[name],
           gate_rank,
-          bias_init=_GATES[name][1],
+          bias_init=GATE_INIT[name][1],
           rngs=rngs,
         )
         for name in self.gate_names
@@ -125,7 +127,35 @@ class NeuralMemory(nnx.Module):
     self.out_gate = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
     self.o = Linear(inner, dim, ("heads", "embed"), rngs=rngs)
 
-  def _initial_weights(self):
+  def _gate_widths(self, channel_gates: tuple[str, ...]) -> dict[str, int]:
+    """Channels per head of each gate: the retention's own channels (GLA-style key channels, DFW's
+    value channels), and head_dim for the gates named in ``channel_gates`` (MIRAS §5.4)."""
+    rule, d = self.rule, self.head_dim
+    allowed = {
+      "lr": rule.channel_lr,
+      "delta": rule.channel_delta,
+      "retention": isinstance(rule.memory, mj.LinearMemory)
+      and getattr(rule.retention, "channels", "") in ("any", "key", "key_value"),
+    }
+    for name in channel_gates:
+      if name not in allowed:
+        raise ValueError(f"channel_gates: {name!r} is not one of {sorted(allowed)}")
+      if name not in self.gate_names:
+        raise ValueError(f"channel_gates: preset {rule.name!r} takes no {name!r} gate")
+      if not allowed[name]:
+        raise ValueError(
+          f"channel_gates: {name!r} cannot be channel-wise for preset {rule.name!r} "
+          f"({rule.memory.name}, {rule.bias.name}, {rule.retention.name}, {rule.algorithm.name})"
+        )
+    keyed = getattr(rule.retention, "channels", "") in ("key", "key_value")
+    own = {"retention_value"} | ({"retention"} if keyed else set())
+    return {n: d if n in own or n in channel_gates else 1 for n in self.gate_names}
+
+  def gate_width(self, name: str) -> int:
+    """Channels per head of gate ``name`` (1: a scalar per head and token)."""
+    return self._widths[name]
+
+  def initial_weights(self):
     """Learned initial memory per head, mapped into the retention's domain ([H, …] leaves)."""
     leaves = [p[...] for p in self.initial_memory]
     if isinstance(self.rule.retention, ret.KLSoftmax):
@@ -143,7 +173,7 @@ class NeuralMemory(nnx.Module):
     ``grid=False`` is the cheaper start of a fresh training sequence."""
     inner = self.heads * self.head_dim
     conv = self.conv_q.init_state(batch, inner)
-    per_head = jax.vmap(self.rule.init_state)(self._initial_weights())
+    per_head = jax.vmap(self.rule.init_state)(self.initial_weights())
     if grid and not exact_form_applies(self.rule):
       per_head = per_head._replace(
         chunk_base=mj.MemoryState(per_head.weights, per_head.accum),
@@ -165,7 +195,7 @@ class NeuralMemory(nnx.Module):
     q, k, v = l2_normalize(heads(q)), l2_normalize(heads(k)), heads(v)
     gates = {}
     for name in self.gate_names:
-      act = _GATES[name][0]
+      act = GATE_INIT[name][0]
       raw = act(self.gates[name](x))  # [B, T, H] or [B, T, H·D]
       if name == "lr":
         raw = raw * self.max_lr

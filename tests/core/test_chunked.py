@@ -129,8 +129,10 @@ def test_two_calls_equal_one(name):
   part = lambda s: jax.tree.map(lambda x: x[s], g)
   y1, mid = mj.chunked(rule, state, q[:cut], k[:cut], v[:cut], part(slice(0, cut)), chunk_size=b)
   y2, end = mj.chunked(rule, mid, q[cut:], k[cut:], v[cut:], part(slice(cut, None)), chunk_size=b)
-  chex.assert_trees_all_close(jnp.concatenate([y1, y2]), ys, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(end, final, rtol=1e-5, atol=1e-6)
+  # Memora's log/softmax amplifies float32 round-off to ~1e-5 (its float64 check is at 1e-9 above)
+  rtol = 1e-4 if name == "memora" else 1e-5
+  chex.assert_trees_all_close(jnp.concatenate([y1, y2]), ys, rtol=rtol, atol=1e-6)
+  chex.assert_trees_all_close(end, final, rtol=rtol, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", MINIBATCH)

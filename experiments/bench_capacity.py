@@ -1,0 +1,67 @@
+r"""Recall capacity of every parametric preset's memory before training (``miras_jax.eval.capacity``).
+
+    python -m experiments.bench_capacity                       # the table of docs/benchmarks.md
+    python -m experiments.bench_capacity --presets=moneta,yaad --pairs=8 --d=32
+
+For each preset, the memory block the models build (``nn.NeuralMemory`` at head dim ``--d``: its
+rule, initial memory, gate values at initialisation and ``max_lr`` cap) writes n random pairs
+(unit keys, N(0, I) values) in one pass with a constant inner lr η and retention 1, then reads them
+back with the same keys. One JSON line per (preset, n, η): mean cosine(read, value) and the
+nearest-value accuracy among the n values, in the models' chunked form (``--chunk``, the MQAR
+configs' 16) over ``--trials`` random draws. η runs over ``max_lr`` × {0.01, 0.03, 0.1, 0.3, 1}
+(the range the block's gate can reach) unless ``--lrs`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+import miras_jax as mj
+from miras_jax.eval import capacity
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("presets", None, "Presets (default: every preset a NeuralMemory accepts).")
+flags.DEFINE_list("pairs", ["1", "4", "8", "16", "32"], "Numbers n of pairs written.")
+flags.DEFINE_list("lrs", None, "Inner learning rates η (default: max_lr × 0.01…1).")
+flags.DEFINE_integer("d", 32, "Head dim (d_k = d_v), the MQAR configs' 32.")
+flags.DEFINE_integer("chunk", 16, "Chunk size of the memory's chunked form (1: token-serial).")
+flags.DEFINE_integer("trials", 32, "Random draws of keys and values per cell.")
+flags.DEFINE_multi_string("option", [], "preset option name=value (python literal), repeatable.")
+
+FRACTIONS = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def default_presets() -> list[str]:
+  """Every parametric preset a ``NeuralMemory`` writes one key per token with."""
+  out = []
+  for name in mj.presets.names():
+    rule = mj.presets.get(name)
+    if isinstance(rule, mj.Rule) and not rule.multi_step:
+      out.append(name)
+  return out
+
+
+def main(argv):
+  del argv
+  import ast
+
+  options = {}
+  for item in FLAGS.option:
+    key, _, value = item.partition("=")
+    options[key] = ast.literal_eval(value)
+  for preset in FLAGS.presets or default_presets():
+    block = capacity.block_memory(preset, FLAGS.d, preset_options=options)
+    lrs = [float(x) for x in FLAGS.lrs] if FLAGS.lrs else [f * block.max_lr for f in FRACTIONS]
+    for n in map(int, FLAGS.pairs):
+      for lr in lrs:
+        r = capacity.recall(block, n, lr, trials=FLAGS.trials, chunk_size=FLAGS.chunk)
+        line = dict(preset=preset, options=options, memory=block.rule.memory.name, d=FLAGS.d,
+                    chunk=FLAGS.chunk, pairs=n, lr=round(lr, 6), max_lr=block.max_lr,
+                    cosine=round(r["cosine"], 4), accuracy=round(r["accuracy"], 4))  # fmt: skip
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
