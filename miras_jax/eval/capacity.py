@@ -32,7 +32,9 @@ def block_memory(preset: str, d: int, *, seed: int = 0, **block_options) -> Neur
 
 def init_gate_values(block: NeuralMemory) -> dict[str, float]:
   """The value each gate of ``block`` takes at initialisation for an input x = 0 (its bias)."""
-  return {name: float(act(jnp.float32(bias))) for name, (act, bias) in GATE_INIT.items()}
+  return {
+    name: float(act(jnp.float32(block.gate_bias(name)))) for name, (act, _) in GATE_INIT.items()
+  }
 
 
 def recall_gates(block: NeuralMemory, n: int, lr: float) -> mj.Gates:

@@ -39,6 +39,8 @@ def neural_memory(c, rngs: nnx.Rngs) -> NeuralMemory:
     gate_rank=c.gate_rank,
     max_lr=c.max_lr or None,
     channel_gates=tuple(c.channel_gates),
+    init_scale=c.init_scale or None,
+    delta_init=c.delta_init or None,
     rngs=rngs,
   )
 

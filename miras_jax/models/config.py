@@ -101,9 +101,11 @@ class MemoryFields(LMConfig):
   gate_rank: int = 32  # rank r of the low-rank gate projections
   conv_kernel: int = 4  # taps of the short causal convolution on q, k, v
   max_lr: float = (
-    0.0  # cap of the inner learning rate η = max_lr·σ(·) (0: 1 linear, 0.1 MLP memory)
+    0.0  # cap of the inner lr η = max_lr·σ(·) (0: nn.memory.default_max_lr: 1, 0.1, 0.01)
   )
   channel_gates: tuple = ()  # gates made channel-wise (MIRAS §5.4): any of "lr", "delta", "retention"
+  init_scale: float = 0.0  # std·√fan_in of the initial memory's init (0: 1 MLP, 0.1 linear memory)
+  delta_init: float = 0.0  # Huber threshold δ at initialisation (0: 4·√head_dim)
 
   def _check(self):
     for name in ("chunk_size", "gate_rank", "conv_kernel"):

@@ -14,6 +14,7 @@ passed in and out.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -36,7 +37,8 @@ class NeuralMemoryState(NamedTuple):
   memory: Any
 
 
-# Gate → (activation, initial bias): η ∈ (0, 1) small, α and μ near 1, δ > 0 around 1.
+# Gate → (activation, initial bias): η ∈ (0, 1) small, α and μ near 1. δ's bias is set per block
+# from ``delta_init`` (see NeuralMemory); the 0.5 here is only the bias of ``delta_init=softplus(0.5)``.
 GATE_INIT = {
   "lr": (jax.nn.sigmoid, -2.0),
   "retention": (jax.nn.sigmoid, 4.0),
@@ -44,6 +46,22 @@ GATE_INIT = {
   "momentum": (jax.nn.sigmoid, 2.0),
   "delta": (jax.nn.softplus, 0.5),
 }
+DELTA_INIT_PER_SQRT_D = 4.0  # default δ_0 = 4·√head_dim: Yaad's ℓ2 branch is active at init
+
+
+def default_max_lr(rule) -> float:
+  """The block's default cap of η: 1 for linear memories, 0.1 for MLP memories, 0.01 for an MLP
+  memory with an ℓp bias of p > 2 (Moneta), whose inner gradient grows like |e|^{p−1}."""
+  if not isinstance(rule.memory, mj.MLPMemory):
+    return 1.0
+  if isinstance(rule.bias, mj.biases.Lp) and rule.bias.p > 2:
+    return 0.01
+  return 0.1
+
+
+def softplus_inverse(y: float) -> float:
+  """x with softplus(x) = y > 0."""
+  return float(y + math.log(-math.expm1(-y)))
 
 
 class NeuralMemory(nnx.Module):
@@ -52,10 +70,16 @@ class NeuralMemory(nnx.Module):
   Gates: η = max_lr · σ(·), α and μ = σ(·), δ = softplus(·), each from a rank-``gate_rank``
   projection of x: one value per head and token, or ``head_dim`` values for the gates named in
   ``channel_gates`` (MIRAS §5.4's channel-wise η, δ, α): η and δ per output channel of the memory
-  (``Rule.channel_lr``, Huber's channel-wise δ), α per key channel (linear memories only). ``max_lr`` defaults to 1 for linear memories (the delta rule is stable for
-  η‖k‖² < 2 with unit keys) and 0.1 for MLP memories: measured on MQAR, a 2-layer Titans memory
-  with η up to 0.6 and μ near 0.99 diverged within a 64-token sequence (weights ~1e20) a few
-  optimizer steps into training.
+  (``Rule.channel_lr``, Huber's channel-wise δ), α per key channel (linear memories only).
+
+  Defaults (measured on MQAR, docs/models.md): ``max_lr`` (``default_max_lr``) is 1 for linear
+  memories (the delta rule is stable for η‖k‖² < 2 with unit keys), 0.1 for MLP memories (a 2-layer
+  Titans memory with η up to 0.6 and μ near 0.99 diverged within a 64-token sequence) and 0.01 for
+  Moneta's ℓ3 bias on an MLP (at 0.1 it stays near chance, at 0.01 it learns). ``delta_init``, δ
+  at initialisation (the bias of its softplus), is 4·√head_dim: an untrained memory's error has
+  norm ≈ 1.2·√head_dim, so Yaad starts in its ℓ2 branch (with δ_0 ≈ 1 it ran as sign descent and
+  stayed near chance). ``init_scale``: the initial memory's normal init, std ``init_scale/√fan_in``
+  (1 for MLP memories, 0.1 for linear; for Memora these are the logits of its softmax rows).
   """
 
   def __init__(
@@ -71,6 +95,8 @@ class NeuralMemory(nnx.Module):
     gate_rank: int = 32,
     max_lr: float | None = None,
     channel_gates: tuple[str, ...] = (),
+    init_scale: float | None = None,
+    delta_init: float | None = None,
     rngs: nnx.Rngs,
   ):
     self.rule = mj.presets.get(preset, **(preset_options or {}))
@@ -80,7 +106,7 @@ class NeuralMemory(nnx.Module):
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size
     if max_lr is None:  # a deep memory's inner GD diverges at steps a linear memory takes
-      max_lr = 0.1 if isinstance(self.rule.memory, mj.MLPMemory) else 1.0
+      max_lr = default_max_lr(self.rule)
     if max_lr <= 0:
       raise ValueError(f"max_lr must be > 0; got {max_lr}")
     self.max_lr = float(max_lr)
@@ -94,24 +120,28 @@ class NeuralMemory(nnx.Module):
     self.conv_v = ShortConv(inner, conv_kernel, ("conv", "heads"), rngs=rngs)
     self.gate_names = tuple(f for f in mj.Gates._fields if f in self.rule.used_gates)
     self._widths = self._gate_widths(tuple(channel_gates))
+    if delta_init is None:
+      delta_init = DELTA_INIT_PER_SQRT_D * math.sqrt(head_dim)
+    if not delta_init > 0:
+      raise ValueError(f"delta_init must be > 0; got {delta_init}")
+    self.delta_init = float(delta_init)
     self.gates = nnx.Dict(
       {
         name: LowRankGate(
           dim,
           heads * self._widths[name],
           gate_rank,
-          bias_init=GATE_INIT[name][1],
+          bias_init=self.gate_bias(name),
           rngs=rngs,
         )
         for name in self.gate_names
       }
     )
-    one = self.rule.memory.init(
-      rngs.params(),
-      head_dim,
-      head_dim,
-      **({} if isinstance(self.rule.memory, mj.MLPMemory) else {"scale": 0.1}),
-    )
+    if init_scale is None:
+      init_scale = 1.0 if isinstance(self.rule.memory, mj.MLPMemory) else 0.1
+    if not init_scale >= 0:
+      raise ValueError(f"init_scale must be >= 0; got {init_scale}")
+    one = self.rule.memory.init(rngs.params(), head_dim, head_dim, scale=float(init_scale))
     self.initial_memory = nnx.List(
       [
         param(
@@ -150,6 +180,10 @@ class NeuralMemory(nnx.Module):
     keyed = getattr(rule.retention, "channels", "") in ("key", "key_value")
     own = {"retention_value"} | ({"retention"} if keyed else set())
     return {n: d if n in own or n in channel_gates else 1 for n in self.gate_names}
+
+  def gate_bias(self, name: str) -> float:
+    """The initial bias of gate ``name`` (δ's from ``delta_init``, the others from GATE_INIT)."""
+    return softplus_inverse(self.delta_init) if name == "delta" else GATE_INIT[name][1]
 
   def gate_width(self, name: str) -> int:
     """Channels per head of gate ``name`` (1: a scalar per head and token)."""

@@ -153,12 +153,13 @@ def attention(att, x, *, heads, window=None, n_persistent=0):
 
 
 # ---- the MIRAS block (nn.NeuralMemory) -----------------------------------------------------------
-# docs/models.md, "The MIRAS block": gate → (activation, initial bias); η = max_lr·σ(·).
+# docs/models.md, "The MIRAS block": gate → (activation, initial bias); η = max_lr·σ(·); δ's bias
+# puts δ at 4·√head_dim at init (the bias is softplus⁻¹ of that).
 GATES = {
   "lr": (sigmoid, -2.0),
   "retention": (sigmoid, 4.0),
   "momentum": (sigmoid, 2.0),
-  "delta": (softplus, 0.5),
+  "delta": (softplus, None),
 }
 
 
@@ -181,7 +182,8 @@ class MemoryReference:
   """``nn.NeuralMemory`` written out (docs/models.md, "The MIRAS block"):
 
       q, k, v = SiLU(conv(x W)) per head, q and k ℓ2-normalised
-      η = max_lr·σ(x D U − 2), α = σ(x D U + 4), μ = σ(x D U + 2), δ = softplus(x D U + 0.5)
+      η = max_lr·σ(x D U − 2), α = σ(x D U + 4), μ = σ(x D U + 2), δ = softplus(x D U + b_δ)
+      with softplus(b_δ) = 4·√head_dim
       y_t from the memory rule (chunk size ``chunk_size``), from the learned initial memory
       (Memora: c·softmax over each row, the input axis)
       out = (RMSNorm_head(y) ⊙ σ(x W_g)) W_o
@@ -225,6 +227,8 @@ class MemoryReference:
     out = {}
     for name in self.rule.used_gates:
       act, bias = GATES[name]
+      if name == "delta":
+        bias = np.log(np.expm1(4.0 * np.sqrt(self.head_dim)))
       gate = self.layer.gates[name]
       z = x @ kernel(gate.down) @ kernel(gate.up) + bias  # [B, T, H]
       value = act(z) * (self.max_lr if name == "lr" else 1.0)

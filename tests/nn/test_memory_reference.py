@@ -27,6 +27,7 @@ CASES = {
   "titans_lmm_fast": ("titans_lmm", {}, 2.0, 2.0),  # large steps: the chunk grid matters
   "memora": ("memora", {}, 1.0, 1.0),
   "yaad": ("yaad", {}, 1.0, 1.0),
+  "moneta": ("moneta", {}, None, 0.01),  # ℓ3 bias on an MLP memory: max_lr defaults to 0.01
   "gated_delta_net": ("gated_delta_net", {}, None, 1.0),  # linear memory: max_lr defaults to 1
 }
 
