@@ -55,8 +55,8 @@ def main(argv):
     block = capacity.block_memory(preset, FLAGS.d, preset_options=options)
     lrs = [float(x) for x in FLAGS.lrs] if FLAGS.lrs else [f * block.max_lr for f in FRACTIONS]
     for n in map(int, FLAGS.pairs):
-      for lr in lrs:
-        r = capacity.recall(block, n, lr, trials=FLAGS.trials, chunk_size=FLAGS.chunk)
+      rows = capacity.recall(block, n, lrs, trials=FLAGS.trials, chunk_size=FLAGS.chunk)
+      for lr, r in zip(lrs, rows, strict=True):
         line = dict(preset=preset, options=options, memory=block.rule.memory.name, d=FLAGS.d,
                     chunk=FLAGS.chunk, pairs=n, lr=round(lr, 6), max_lr=block.max_lr,
                     cosine=round(r["cosine"], 4), accuracy=round(r["accuracy"], 4))  # fmt: skip

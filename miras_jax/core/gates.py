@@ -6,14 +6,23 @@ does not use are ``None`` (CONVENTIONS.md §2):
 =================== ============================================ =================================
 field               symbol                                       shape
 =================== ============================================ =================================
-``lr``              η_t (MIRAS), θ_t (Titans), β_t (DeltaNet)    ``[T]`` (``[T, n]`` delta_product)
+``lr``              η_t (MIRAS), θ_t (Titans), β_t (DeltaNet)    ``[T]``, or ``[T, d_v]`` channel-wise
+                                                                 (``[T, n]`` delta_product)
 ``retention``       α_t, multiplicative retention in [0, 1]      ``[T]`` or ``[T, d_k]`` (key axis)
 ``retention_value`` β_t of DFW, retention of the value axis      ``[T, d_v]``
 ``momentum``        η_t (Titans), decay of the surprise S        ``[T]``
-``delta``           δ_t, Huber threshold (Yaad), > 0             ``[T]``
+``delta``           δ_t, Huber threshold (Yaad), > 0             ``[T]``, or ``[T, d_v]`` channel-wise
 =================== ============================================ =================================
 
 Titans' forget gate is ``1 - retention``.
+
+Channel-wise gates (MIRAS §5.4, η_t, δ_t, α_t ∈ R^d): a channel-wise ``lr`` holds one rate per
+*output* channel of the memory and scales that channel's error signal before it is pulled back
+through the memory, ∇̃_t = J_Wᵀ (η_t ⊙ ∂ℓ/∂M(k_t)) (a linear memory: diag(η_t) e kᵀ, one rate per
+row of W; rules with GD or momentum, ``Rule.channel_lr``); a channel-wise ``delta`` is a threshold
+per output channel (Huber coord and mixture, ``Rule.channel_delta``); a channel-wise
+``retention`` acts on the key channels of a linear memory (``W diag(α)``) and is scalar for MLP
+memories. Equal channels give the scalar gate's result in every form.
 """
 
 from __future__ import annotations

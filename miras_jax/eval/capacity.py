@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import miras_jax as mj
@@ -84,24 +85,30 @@ def draw_pairs(key, n: int, d: int):
 def recall(
   block: NeuralMemory,
   n: int,
-  lr: float,
+  lrs,
   *,
   trials: int = 32,
   seed: int = 0,
   chunk_size: int | None = None,
-) -> dict[str, float]:
-  """Mean ``scores`` of reading back ``n`` pairs written with ``lr`` over ``trials`` draws."""
+) -> list[dict[str, float]]:
+  """Mean ``scores`` of reading back ``n`` pairs written with each rate of ``lrs`` (the same
+  ``trials`` draws for every rate; one compile for all of them)."""
+  lrs = [float(x) for x in np.atleast_1d(lrs)]
   if n < 1:
     raise ValueError(f"n must be >= 1; got {n}")
-  if not lr >= 0:
-    raise ValueError(f"lr must be >= 0; got {lr}")
+  if not all(x >= 0 for x in lrs):
+    raise ValueError(f"lrs must be >= 0; got {lrs}")
+  gates = recall_gates(block, n, 0.0)  # outside the trace: the initial gate values are concrete
 
-  gates = recall_gates(block, n, lr)  # outside the trace: the initial gate values are concrete
-
-  def one(key):
+  def one(key, lr):
     k, v = draw_pairs(key, n, block.head_dim)
-    return scores(read_back(block, k, v, lr, chunk_size=chunk_size, gates=gates), v)
+    g = gates._replace(lr=jnp.full((n,), lr, jnp.float32))
+    return scores(read_back(block, k, v, lr, chunk_size=chunk_size, gates=g), v)
 
   keys = jax.random.split(jax.random.key(seed), trials)
-  cos, acc = jax.jit(jax.vmap(one))(keys)
-  return {"cosine": float(jnp.mean(cos)), "accuracy": float(jnp.mean(acc))}
+  per_lr = jax.vmap(lambda lr: jax.vmap(lambda key: one(key, lr))(keys))
+  cos, acc = jax.jit(per_lr)(jnp.asarray(lrs, jnp.float32))  # [L, trials]
+  return [
+    {"cosine": float(c), "accuracy": float(a)}
+    for c, a in zip(jnp.mean(cos, -1), jnp.mean(acc, -1), strict=True)
+  ]

@@ -111,6 +111,13 @@ class MemoryFields(LMConfig):
     for name in ("chunk_size", "gate_rank", "conv_kernel"):
       if getattr(self, name) < 1:
         raise ValueError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")
+    for name in ("init_scale", "delta_init"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"{type(self).__name__}.{name} must be >= 0; got {getattr(self, name)}")
+    if not isinstance(self.channel_gates, (tuple, list)) or not all(
+      isinstance(n, str) for n in self.channel_gates
+    ):
+      raise ValueError(f"channel_gates must be a tuple of gate names; got {self.channel_gates!r}")
     if not isinstance(self.preset_options, tuple):
       raise ValueError(
         f"preset_options must be a tuple of (name, value) pairs; got {self.preset_options!r}"

@@ -68,16 +68,17 @@ def test_recall_of_orthonormal_writes_is_perfect_for_the_delta_rule():
   q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(16, 16)))
   k, v = q[:4].astype(np.float32), _pairs(4, 16)[1]
   np.testing.assert_allclose(np.asarray(capacity.read_back(block, k, v, 1.0)), v, atol=1e-5)
-  r = capacity.recall(block, 1, 1.0, trials=4)
-  assert r["accuracy"] == 1.0 and r["cosine"] > 0.999
+  one, small = capacity.recall(block, 1, [1.0, 0.1], trials=4)
+  assert one["accuracy"] == 1.0 and one["cosine"] > 0.999
+  assert small["cosine"] < one["cosine"]  # η = 0.1 writes a tenth of the value over W_0
 
 
 def test_recall_rejects_bad_arguments():
   block = capacity.block_memory("delta_net", 4)
   with pytest.raises(ValueError, match="n must be"):
     capacity.recall(block, 0, 0.1)
-  with pytest.raises(ValueError, match="lr must be"):
-    capacity.recall(block, 2, -1.0)
+  with pytest.raises(ValueError, match="lrs must be"):
+    capacity.recall(block, 2, [0.1, -1.0])
 
 
 def test_pairs_are_unit_keys():

@@ -232,7 +232,11 @@ class MemoryReference:
       gate = self.layer.gates[name]
       z = x @ kernel(gate.down) @ kernel(gate.up) + bias  # [B, T, H]
       value = act(z) * (self.max_lr if name == "lr" else 1.0)
-      out[name] = value.transpose(0, 2, 1)
+      if value.shape[-1] == self.heads:  # one value per head
+        out[name] = value.transpose(0, 2, 1)
+      else:  # channel-wise: head_dim values per head, [B, H, T, D]
+        b, t, _ = value.shape
+        out[name] = value.reshape(b, t, self.heads, -1).transpose(0, 2, 1, 3)
     return mj.Gates(**out)
 
   def output(self, ys, x):

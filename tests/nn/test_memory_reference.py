@@ -66,3 +66,21 @@ def test_neural_memory_matches_the_documented_data_flow(case):
   want, _ = memory(x, memory.init_state(B))
   tol = CASE_TOL.get(case, TOL)
   chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
+
+
+def test_channel_gates_follow_the_documented_data_flow():
+  """Yaad with channel-wise η and δ (MIRAS §5.4): head_dim gate values per head and token, from
+  the same low-rank projections (rank 4 here) with the documented biases."""
+  layer = NeuralMemory(
+    E, H, D, preset="yaad", chunk_size=CHUNK, conv_kernel=4, gate_rank=4, max_lr=1.0,
+    channel_gates=("lr", "delta"), rngs=nnx.Rngs(2),
+  )  # fmt: skip
+  assert layer.gates["lr"].up.kernel.shape[-1] == H * D
+  ref.randomize_norm_scales(layer)
+  x = _x(1)
+  got, _ = nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x, jnp.float32))
+  memory = ref.MemoryReference(
+    layer, preset="yaad", preset_options={}, chunk_size=CHUNK, max_lr=1.0, heads=H, head_dim=D
+  )
+  want, _ = memory(x, memory.init_state(B))
+  chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=TOL, atol=TOL)
