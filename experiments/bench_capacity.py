@@ -9,7 +9,8 @@ rule, initial memory, gate values at initialisation and ``max_lr`` cap) writes n
 back with the same keys. One JSON line per (preset, n, η): mean cosine(read, value) and the
 nearest-value accuracy among the n values, in the models' chunked form (``--chunk``, the MQAR
 configs' 16) over ``--trials`` random draws. η runs over ``max_lr`` × {0.01, 0.03, 0.1, 0.3, 1}
-(the range the block's gate can reach) unless ``--lrs`` is given.
+(the range the block's gate can reach) unless ``--lrs`` is given. ``--table=FILE`` prints the
+markdown tables of docs/benchmarks.md from such a file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ flags.DEFINE_integer("d", 32, "Head dim (d_k = d_v), the MQAR configs' 32.")
 flags.DEFINE_integer("chunk", 16, "Chunk size of the memory's chunked form (1: token-serial).")
 flags.DEFINE_integer("trials", 32, "Random draws of keys and values per cell.")
 flags.DEFINE_multi_string("option", [], "preset option name=value (python literal), repeatable.")
+flags.DEFINE_string("table", None, "Print the markdown tables of a JSON-lines file and exit.")
 
 FRACTIONS = (0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -43,9 +45,41 @@ def default_presets() -> list[str]:
   return out
 
 
+def tables(lines: list[dict]) -> str:
+  """Two markdown tables: 8 pairs across η (cosine / accuracy), and the best η for each n."""
+  presets = list(dict.fromkeys(x["preset"] for x in lines))
+  eights = [x for x in lines if x["pairs"] == 8]
+  out = ["| preset | memory | max_lr | " + " | ".join(f"η = {f:g}·max_lr" for f in FRACTIONS)
+         + " |", "|---|---|---|" + "---|" * len(FRACTIONS)]  # fmt: skip
+  for p in presets:
+    row = sorted((x for x in eights if x["preset"] == p), key=lambda x: x["lr"])
+    if not row:
+      continue
+    cells = [f"{x['cosine']:.2f} / {x['accuracy']:.2f}" for x in row]
+    out.append(f"| {p} | {row[0]['memory']} | {row[0]['max_lr']:g} | " + " | ".join(cells) + " |")
+  ns = sorted({x["pairs"] for x in lines})
+  out += ["", "| preset | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+  for p in presets:
+    cells = []
+    for n in ns:
+      if not any(x["preset"] == p and x["pairs"] == n for x in lines):
+        cells.append("")
+        continue
+      best = max((x for x in lines if x["preset"] == p and x["pairs"] == n),
+                 key=lambda x: x["accuracy"] + 1e-3 * x["cosine"])  # fmt: skip
+      cells.append(f"{best['accuracy']:.2f} ({best['cosine']:.2f}, η {best['lr']:g})")
+    out.append(f"| {p} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
 def main(argv):
   del argv
   import ast
+
+  if FLAGS.table:
+    with open(FLAGS.table) as f:
+      print(tables([json.loads(line) for line in f if line.strip()]))
+    return
 
   options = {}
   for item in FLAGS.option:
