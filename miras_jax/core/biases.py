@@ -230,14 +230,10 @@ def output_gradient(bias, pred, v, delta=None, *, use_loss: bool = False):
 def weight_grad(memory, bias, weights, k, v, delta=None, *, use_loss: bool = False):
   """∇_W ℓ(M(W, k), v): the gradient of the bias at ``weights`` for one token.
 
-  Uses the closed-form output gradient pulled back through the memory (``jax.vjp``) when the bias
-  has one, else ``jax.grad`` of its loss; ``use_loss=True`` forces the latter. Shapes: ``k: [d_k]``,
+  The output gradient (``output_gradient``: closed form, or ``jax.grad`` of the loss with
+  ``use_loss=True``) pulled back through the memory with ``jax.vjp``. Shapes: ``k: [d_k]``,
   ``v: [d_v]``; returns a pytree shaped like ``weights``.
   """
-  if use_loss or bias.output_grad is None:
-    if bias.loss is None:
-      raise ValueError(f"bias {bias.name} has no loss to differentiate")
-    return jax.grad(lambda w: bias.loss(memory.apply(w, k), v, delta))(weights)
   pred, pullback = jax.vjp(lambda w: memory.apply(w, k), weights)
-  (grad,) = pullback(bias.output_grad(pred, v, delta))
+  (grad,) = pullback(output_gradient(bias, pred, v, delta, use_loss=use_loss))
   return grad

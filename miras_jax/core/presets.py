@@ -35,7 +35,8 @@ Options: the MIRAS, Titans and TTT presets take ``memory=`` ("linear", "mlp" for
 default, an ``MLPMemory`` or a dict of its fields); lp-based presets take ``smooth=``; ``moneta`` takes
 ``p``, ``q`` and ``eps`` (a floor of ‖A‖_q in its normaliser, ``LqNormalization``; 0, the
 paper's, by default); ``memora`` takes ``c`` and ``eps`` (the floor of W
-before its log, ``KLSoftmax``); ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
+before its log, ``KLSoftmax``); ``moneta``, ``yaad`` and ``memora`` take ``momentum=True`` (Titans'
+momentum over their GD step; not in MIRAS); ``titans_lmm`` takes ``momentum`` and ``forget`` (ablations); ``dgd`` (Nested Learning [ARX] Eq 57/88, not in Table 1) takes
 ``momentum`` (Titans' surprise momentum over the DGD step); ``delta_product`` takes ``n``; ``softmax_attention`` takes
 ``window`` and ``scale``; every parametric preset takes ``use_loss=True`` to differentiate the bias's
 loss with ``jax.grad`` instead of using its closed-form gradient, and ``grad_clip=c`` to clip each
