@@ -77,7 +77,7 @@ class NeuralMemory(nnx.Module):
   Titans memory with η up to 0.6 and μ near 0.99 diverged within a 64-token sequence) and 0.01 for
   Moneta's ℓ3 bias on an MLP (at 0.1 it stays near chance, at 0.01 it learns). ``delta_init``, δ
   at initialisation (the bias of its softplus), is 4·√head_dim: an untrained memory's error has
-  norm ≈ 1.2·√head_dim, so Yaad starts in its ℓ2 branch (with δ_0 ≈ 1 it ran as sign descent and
+  norm ≈ 1.4·√head_dim, so Yaad starts in its ℓ2 branch (with δ_0 ≈ 1 it ran as sign descent and
   stayed near chance). ``init_scale``: the initial memory's normal init, std ``init_scale/√fan_in``
   (1 for MLP memories, 0.1 for linear; for Memora these are the logits of its softmax rows).
   """
