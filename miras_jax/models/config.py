@@ -104,7 +104,7 @@ class MemoryFields(LMConfig):
     0.0  # cap of the inner lr η = max_lr·σ(·) (0: nn.memory.default_max_lr: 1, 0.1, 0.01)
   )
   channel_gates: tuple = ()  # gates made channel-wise (MIRAS §5.4): any of "lr", "delta", "retention"
-  init_scale: float = 0.0  # std·√fan_in of the initial memory's init (0: 1 MLP, 0.1 linear memory)
+  init_scale: float = 0.0  # std·√fan_in of the initial memory (0: default_init_scale: 1, 0.1, 32)
   delta_init: float = 0.0  # Huber threshold δ at initialisation (0: 4·√head_dim)
 
   def _check(self):

@@ -51,12 +51,23 @@ DELTA_INIT_PER_SQRT_D = 4.0  # default δ_0 = 4·√head_dim: Yaad's ℓ2 branch
 
 def default_max_lr(rule) -> float:
   """The block's default cap of η: 1 for linear memories, 0.1 for MLP memories, 0.01 for an MLP
-  memory with an ℓp bias of p > 2 (Moneta), whose inner gradient grows like |e|^{p−1}."""
+  memory with an ℓp bias of p > 2 (Moneta), whose inner gradient grows like |e|^{p−1}, or with
+  the KL / softmax retention (Memora)."""
   if not isinstance(rule.memory, mj.MLPMemory):
     return 1.0
   if isinstance(rule.bias, mj.biases.Lp) and rule.bias.p > 2:
     return 0.01
+  if isinstance(rule.retention, ret.KLSoftmax):
+    return 0.01
   return 0.1
+
+
+def default_init_scale(rule) -> float:
+  """The block's default ``init_scale``: 0.1 for linear memories, 1 for MLP memories, 32 for the
+  logits of Memora's softmax rows (peaked rows: std 32/√fan_in, 5.7 and 2.8 at head dim 32)."""
+  if not isinstance(rule.memory, mj.MLPMemory):
+    return 0.1
+  return 32.0 if isinstance(rule.retention, ret.KLSoftmax) else 1.0
 
 
 def softplus_inverse(y: float) -> float:
@@ -75,11 +86,12 @@ class NeuralMemory(nnx.Module):
   Defaults (measured on MQAR, docs/models.md): ``max_lr`` (``default_max_lr``) is 1 for linear
   memories (the delta rule is stable for η‖k‖² < 2 with unit keys), 0.1 for MLP memories (a 2-layer
   Titans memory with η up to 0.6 and μ near 0.99 diverged within a 64-token sequence) and 0.01 for
-  Moneta's ℓ3 bias on an MLP (at 0.1 it stays near chance, at 0.01 it learns). ``delta_init``, δ
+  Moneta's ℓ3 bias and Memora's KL retention on an MLP (at 0.1 they stay near chance). ``delta_init``, δ
   at initialisation (the bias of its softplus), is 4·√head_dim: an untrained memory's error has
   norm ≈ 1.4·√head_dim, so Yaad starts in its ℓ2 branch (with δ_0 ≈ 1 it ran as sign descent and
   stayed near chance). ``init_scale``: the initial memory's normal init, std ``init_scale/√fan_in``
-  (1 for MLP memories, 0.1 for linear; for Memora these are the logits of its softmax rows).
+  (``default_init_scale``: 1 for MLP memories, 0.1 for linear, 32 for the logits of Memora's
+  softmax rows, whose near-uniform rows at 1 left the memory's output ≈ k).
   """
 
   def __init__(
@@ -138,7 +150,7 @@ class NeuralMemory(nnx.Module):
       }
     )
     if init_scale is None:
-      init_scale = 1.0 if isinstance(self.rule.memory, mj.MLPMemory) else 0.1
+      init_scale = default_init_scale(self.rule)
     if not init_scale >= 0:
       raise ValueError(f"init_scale must be >= 0; got {init_scale}")
     one = self.rule.memory.init(rngs.params(), head_dim, head_dim, scale=float(init_scale))

@@ -28,6 +28,7 @@ CASES = {
   "memora": ("memora", {}, 1.0, 1.0),
   "yaad": ("yaad", {}, 1.0, 1.0),
   "moneta": ("moneta", {}, None, 0.01),  # ℓ3 bias on an MLP memory: max_lr defaults to 0.01
+  "memora_default": ("memora", {}, None, 0.01),  # KL retention on an MLP: max_lr defaults to 0.01
   "gated_delta_net": ("gated_delta_net", {}, None, 1.0),  # linear memory: max_lr defaults to 1
 }
 
@@ -84,3 +85,15 @@ def test_channel_gates_follow_the_documented_data_flow():
   )
   want, _ = memory(x, memory.init_state(B))
   chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize(
+  "preset,scale", [("titans_lmm", 1.0), ("memora", 32.0), ("gated_delta_net", 0.1)]
+)
+def test_initial_memory_has_the_documented_scale(preset, scale):
+  """The learned initial memory starts normal with std init_scale/√fan_in (docs/models.md: 1 for
+  MLP memories, 32 for Memora's softmax logits, 0.1 for linear memories)."""
+  layer = NeuralMemory(8, 1, 16, preset=preset, rngs=nnx.Rngs(3))
+  for p in layer.initial_memory:
+    w = np.asarray(p[...])
+    np.testing.assert_allclose(w.std(), scale / np.sqrt(w.shape[-1]), rtol=0.1)
