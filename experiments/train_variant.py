@@ -18,16 +18,21 @@ import json
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("name", None, "Variant name (its workdir and the line's name).")
-flags.DEFINE_string("model", "titans_lmm", "Model name or memory preset.")
-flags.DEFINE_string("overrides", "{}", "JSON object of model config fields.")
-flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
-flags.DEFINE_integer("steps", 600, "Optimizer steps.")
-flags.DEFINE_integer("seed", 0, "Parameter init and data order.")
-flags.DEFINE_string("workdir_root", "runs/variants", "Parent of the run's workdir.")
-flags.DEFINE_string("data_dir", "runs/variants/tfds", "Prepared datasets (shared by runs).")
-flags.DEFINE_string("out", "runs/variants/results.jsonl", "JSON-lines file the result goes to.")
-flags.mark_flags_as_required(["name"])
+
+
+def define_flags():
+  """The flags (defined when run as a script, so that tests can import ``variant_config``)."""
+  flags.DEFINE_string("name", None, "Variant name (its workdir and the line's name).")
+  flags.DEFINE_string("model", "titans_lmm", "Model name or memory preset.")
+  flags.DEFINE_string("overrides", "{}", "JSON object of model config fields.")
+  flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
+  flags.DEFINE_integer("steps", 600, "Optimizer steps.")
+  flags.DEFINE_integer("seed", 0, "Parameter init and data order.")
+  flags.DEFINE_string("workdir_root", "runs/variants", "Parent of the run's workdir.")
+  flags.DEFINE_string("data_dir", "runs/variants/tfds", "Prepared datasets (shared by runs).")
+  flags.DEFINE_string("out", "runs/variants/results.jsonl", "JSON-lines file the result goes to.")
+  flags.mark_flags_as_required(["name"])
+
 
 MODELS = ("miras_lm", "hybrid_lm", "titans_mac", "titans_mag", "titans_mal", "transformer", "hope")
 
@@ -74,4 +79,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
