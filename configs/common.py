@@ -1,9 +1,17 @@
 """Shared defaults of the run configs (imported by the per-model files; not a config itself)."""
 
+import os
+
 import ml_collections
 
-# Tiny Shakespeare, the local text corpus of the demos and tests (CI has it at the same path).
-SHAKESPEARE = "/work/shared/data/tinyshakespeare"
+# Tiny Shakespeare, the local text corpus of the demos and tests: the ../shared/data copy beside the
+# repository (CI has it at the same relative path), or $MIRAS_CORPUS_DIR when set.
+SHAKESPEARE = os.environ.get(
+  "MIRAS_CORPUS_DIR",
+  os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "tinyshakespeare"
+  ),
+)
 
 # Per paper size: (global batch, sequence length, peak lr) — MIRAS Table 5, Titans §5.1.
 PAPER_TRAINING = {

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import common
 from miras_jax import data
 
-TINY_SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
+TINY_SHAKESPEARE = Path(common.SHAKESPEARE) / "input.txt"  # resolved relative to the repository
 MQAR_OPTIONS = dict(seq_len=32, vocab=64, num_pairs=4, train_size=96, test_size=40, seed=3)
 
 
