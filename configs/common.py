@@ -62,6 +62,8 @@ def base(model: str, size: str = "tiny", **overrides) -> ml_collections.ConfigDi
   c.train.checkpoint_every = 200  # steps between checkpoints
   c.train.keep_checkpoints = 3  # checkpoints kept
   c.train.async_checkpoints = True  # background checkpoint writes
+  c.train.on_nonfinite = "stop"  # a non-finite loss/gradient: stop (exit 3) | skip the step
+  c.train.max_skipped = 10  # on_nonfinite="skip": more skipped steps than this stops the run
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # data-parallel size (-1: all devices left by fsdp × tensor)

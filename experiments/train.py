@@ -2,10 +2,22 @@
 
   python -m experiments.train --config=configs/mqar.py --workdir=/tmp/mqar [--config.train.steps=N]
 
+``--config.SECTION.KEY=VALUE`` sets a field of the config file (typed like the value it replaces);
+``--config.model.overrides.FIELD=VALUE`` may set any field of the model's config class, declared in
+the config file or not (``miras_jax.train.settings.apply_overrides``).
+
+Exit status: 0 when the run completed or was preempted (SIGTERM, Ctrl-C; run the command again to
+resume), 2 for a user error (unknown flag or key, a value out of range, an unwritable workdir: one
+line on stderr; ``--traceback`` shows the full trace), 3 when training diverged (a non-finite loss
+or gradient; see summary.json).
+
 Multi-host (TPU pods, GPU clusters): every process runs the same command; JAX's distributed runtime
 is initialised from the environment (TPU, SLURM, …) or from --coordinator_address,
 --num_processes and --process_id.
 """
+
+import re
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -20,13 +32,43 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (mu
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed", False, "call jax.distributed.initialize() even without the flags above"
 )
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "show the full traceback of a user error")
 flags.mark_flags_as_required(["config", "workdir"])
+
+USAGE_ERROR, DIVERGED = 2, 3
+_ASSIGNMENT = re.compile(r"--config\.([\w.]+)=(.*)", re.S)
+_assignments: list[tuple[str, str]] = []
+
+
+def _user_error(message: str) -> None:
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(USAGE_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags, with the ``--config.PATH=VALUE`` assignments kept for ``apply_overrides``."""
+  rest = [argv[0]]
+  for arg in argv[1:]:
+    match = _ASSIGNMENT.fullmatch(arg)
+    if match:
+      _assignments.append((match[1], match[2]))
+    else:
+      rest.append(arg)
+  sys.argv[:] = rest  # config_flags also reads the overrides from sys.argv
+  try:
+    return flags.FLAGS(rest)
+  except Exception as e:  # flags.Error, or the config file's own errors
+    if "--traceback" in argv:
+      raise
+    _user_error(e)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _user_error(f"unexpected arguments: {argv[1:]}")
   import jax
+
+  from miras_jax.train.settings import apply_overrides
 
   if _COORDINATOR.value or _DISTRIBUTED.value:
     jax.distributed.initialize(
@@ -36,8 +78,16 @@ def main(argv):
     )
   from miras_jax.train.loop import train
 
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    apply_overrides(_CONFIG.value, _assignments)
+    summary = train(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:  # bad config values, unknown keys, unwritable workdir, missing data
+    if _TRACEBACK.value:
+      raise
+    _user_error(e)
+  if summary["status"] == "diverged":
+    sys.exit(DIVERGED)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

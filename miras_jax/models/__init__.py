@@ -54,6 +54,11 @@ def _model(name: str):
   return _REGISTRY[name]
 
 
+def config_class(name: str) -> type:
+  """The config dataclass of model ``name`` (its fields are what ``config`` overrides may set)."""
+  return _model(name).config_class
+
+
 def config(name: str, size: str = "tiny", **overrides):
   """The config of model ``name`` at ``size`` (one of ``SIZES``) with ``overrides`` applied."""
   return _model(name).config_class.sized(size, **overrides)
@@ -86,6 +91,7 @@ __all__ = [
   "Transformer",
   "TransformerConfig",
   "config",
+  "config_class",
   "generate",
   "get",
   "names",

@@ -69,6 +69,12 @@ class LMConfig:
         raise ValueError(f"{type(self).__name__}.{name} must be a positive int; got {value!r}")
     if self.cms_variant not in CMS_VARIANTS:
       raise ValueError(f"cms_variant must be one of {CMS_VARIANTS}; got {self.cms_variant!r}")
+    if not self.rope_base > 0:
+      raise ValueError(f"{type(self).__name__}.rope_base must be > 0; got {self.rope_base!r}")
+    if not all(isinstance(c, int) and c >= 1 for c in self.cms_chunk_sizes):
+      raise ValueError(f"cms_chunk_sizes must be ints >= 1; got {self.cms_chunk_sizes!r}")
+    if not all(0 <= lr < float("inf") for lr in self.cms_lrs):
+      raise ValueError(f"cms_lrs must be finite and >= 0; got {self.cms_lrs!r}")
     if len(self.cms_lrs) != len(self.cms_chunk_sizes) or not self.cms_chunk_sizes:
       raise ValueError(
         f"cms_lrs {self.cms_lrs!r} needs one rate per level of cms_chunk_sizes "
@@ -89,6 +95,14 @@ class LMConfig:
     fields.update(cls.SIZE_FIELDS.get(size, {}))
     fields.update(overrides)
     return cls(**fields)
+
+
+def _check_max_lr(config, *, allow_default: bool) -> None:
+  """η = max_lr·σ(·) ≤ max_lr: a cap above 1 makes a step overshoot even a unit key's own error
+  (a delta-rule write with η ≥ 2 diverges); 0 means the block's default when ``allow_default``."""
+  if not (0 < config.max_lr <= 1 or (allow_default and config.max_lr == 0)):
+    allowed = "in [0, 1] (0: the block's default)" if allow_default else "in (0, 1]"
+    raise ValueError(f"{type(config).__name__}.max_lr must be {allowed}; got {config.max_lr!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +126,11 @@ class MemoryFields(LMConfig):
       if getattr(self, name) < 1:
         raise ValueError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")
     for name in ("init_scale", "delta_init"):
-      if not getattr(self, name) >= 0:
-        raise ValueError(f"{type(self).__name__}.{name} must be >= 0; got {getattr(self, name)}")
+      if not 0 <= getattr(self, name) < float("inf"):
+        raise ValueError(
+          f"{type(self).__name__}.{name} must be finite and >= 0; got {getattr(self, name)}"
+        )
+    _check_max_lr(self, allow_default=True)
     if not isinstance(self.channel_gates, (tuple, list)) or not all(
       isinstance(n, str) for n in self.channel_gates
     ):
@@ -250,6 +267,7 @@ class HopeConfig(LMConfig):
     for name in ("chunk_size", "memory_chunk_size", "memory_expansion", "conv_kernel"):
       if getattr(self, name) < 1:
         raise ValueError(f"HopeConfig.{name} must be >= 1; got {getattr(self, name)}")
+    _check_max_lr(self, allow_default=False)
     unknown = set(self.adaptive) - set(SELFMOD_MEMORIES)
     if unknown:
       raise ValueError(f"adaptive: unknown memories {sorted(unknown)}; known {SELFMOD_MEMORIES}")

@@ -19,6 +19,7 @@ What is on disk (Orbax 0.12.8, local file system)::
       commit_success.txt             written just before the commit rename
       state/                         the pytree: OCDBT/zarr (manifest.ocdbt, d/, ocdbt.process_0/…)
       extra/metadata                 the JSON ``extra`` dict
+      digest/metadata                per leaf of ``state``: two uint32 checksums of its bits
     <step>.orbax-checkpoint-tmp/     a save in flight, or one cut short: never a step
     <step>.corrupt-<time>/           a checkpoint that failed to restore, moved aside (see restore)
 
@@ -26,6 +27,14 @@ A save writes into ``<step>.orbax-checkpoint-tmp`` and commits by renaming it to
 interrupted save never looks like a checkpoint. ``latest_step``/``restore`` additionally require the
 ``commit_success.txt`` marker, so a step directory that appeared by other means (a copy cut short, a
 foreign writer) is not trusted either.
+
+Integrity: Orbax verifies neither the array files nor their values, so a flipped bit in a data
+file restores silently. Each save therefore writes a digest of the state (per leaf, the wrapping
+uint32 sum of its words and the sum weighted by odd position factors, computed on the devices, so
+sharded and multi-host states need no gather), and ``restore`` recomputes it: a mismatch makes that
+step unreadable (the warning names it and the leaves that differ), so the older one is tried and
+the bad one moved aside as for any other failure. A single flipped bit always changes both sums.
+Checkpoints without a digest (written before it existed) restore with an info line.
 
 Typed PRNG keys (``jax.random.key``) are saved natively by Orbax (the key data plus the key
 implementation in the array metadata) and come back as typed keys of the same implementation.
@@ -47,6 +56,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -54,6 +64,7 @@ from jax.experimental import multihost_utils
 
 _STATE = "state"
 _EXTRA = "extra"
+_DIGEST = "digest"
 # Orbax's commit marker (``orbax.checkpoint.path.atomicity_types.COMMIT_SUCCESS_FILE``).
 _COMMIT_MARKER = "commit_success.txt"
 _QUARANTINE_SUFFIX = ".corrupt"
@@ -115,9 +126,12 @@ class Checkpointer:
         "Checkpoint for step %d already exists in %s; not saved again.", step, self._directory
       )
       return False
-    args = ocp.args.Composite(
-      **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(dict(extra))}
-    )
+    items = {
+      _STATE: ocp.args.StandardSave(state),
+      _EXTRA: ocp.args.JsonSave(dict(extra)),
+      _DIGEST: ocp.args.JsonSave(digest(state)),
+    }
+    args = ocp.args.Composite(**items)
     try:
       return bool(self._manager.save(step, args=args, force=force))
     except ocp.checkpoint_manager.StepAlreadyExistsError:
@@ -224,15 +238,22 @@ class Checkpointer:
     return (self._directory / self._name_format.build_name(step)).exists()
 
   def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{_STATE: ocp.args.StandardRestore(abstract_state), _EXTRA: ocp.args.JsonRestore()}
-      ),
-    )
+    items = {_STATE: ocp.args.StandardRestore(abstract_state), _EXTRA: ocp.args.JsonRestore()}
+    has_digest = (self._directory / self._name_format.build_name(step) / _DIGEST).exists()
+    if has_digest:
+      items[_DIGEST] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     extra = restored[_EXTRA]
     if not isinstance(extra, dict):
       raise ValueError(f"extra is {type(extra).__name__}, not a dict")
+    if not has_digest:
+      logging.info("Checkpoint step %d has no digest (an older format): not verified.", step)
+    else:
+      expected, actual = restored[_DIGEST], digest(restored[_STATE])
+      differ = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+      if differ:
+        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise ValueError(f"digest mismatch (the saved data changed) in {shown}")
     return restored[_STATE], extra
 
   def _quarantine(self, paths: list[epath.Path]) -> None:
@@ -249,6 +270,55 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("miras_jax.train.checkpoint.quarantine")
     self._manager.reload()
+
+
+def digest(state: Any) -> dict[str, list[int]]:
+  """Per leaf of ``state`` (keyed by its path): ``[Σ w_i, Σ (2i+1)·w_i]`` mod 2³² over the leaf's
+  bits read as unsigned words ``w_i`` (4-byte dtypes as uint32; 1- and 2-byte ones widened; typed
+  PRNG keys by their key data). Computed on the devices; only the sums come to the host."""
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  groups: dict = {}  # one computation per set of devices the leaves live on
+  for path, leaf in leaves:
+    devices = frozenset(leaf.sharding.device_set) if isinstance(leaf, jax.Array) else frozenset()
+    groups.setdefault(devices, []).append((jax.tree_util.keystr(path), leaf))
+  out = {}
+  for group in groups.values():
+    sums = jax.device_get(_digest_leaves([leaf for _, leaf in group]))
+    out.update({name: [int(x) for x in s] for (name, _), s in zip(group, sums, strict=True)})
+  return out
+
+
+@jax.jit
+def _digest_leaves(leaves: list) -> list:
+  def one(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    if x.dtype.itemsize > 4:
+      raise TypeError(f"digest: {x.dtype} leaves (more than 4 bytes per item) are not supported")
+    words = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    words = words.astype(jnp.uint32)
+    # The row-major position i of each word, laid out like the words (no reshape of a sharded
+    # array: explicit-sharding meshes reject it).
+    sharding = jax.typeof(words).sharding
+    position = jnp.zeros(words.shape, jnp.uint32)
+    for axis, stride in enumerate(_strides(words.shape)):
+      iota = jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis, out_sharding=sharding)
+      position = position + iota * jnp.uint32(stride)
+    odd = 2 * position + 1
+    return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * odd, dtype=jnp.uint32)])
+
+  return [one(x) for x in leaves]
+
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+  """Row-major element strides of ``shape`` (mod 2³², as the positions wrap in uint32)."""
+  strides, step = [], 1
+  for size in reversed(shape):
+    strides.append(step % 2**32)
+    step *= size
+  return strides[::-1]
 
 
 def _ensure_writable(directory: epath.Path) -> None:

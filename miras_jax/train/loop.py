@@ -1,5 +1,19 @@
 """The training loop: mesh → sharded init or restore → jitted, donated steps → metrics, evaluation,
-Orbax checkpoints; resumes from ``WORKDIR/checkpoints`` and saves on SIGTERM.
+Orbax checkpoints; resumes from ``WORKDIR/checkpoints`` and saves on SIGTERM or SIGINT (Ctrl-C; a
+second Ctrl-C interrupts at once).
+
+Divergence guard: a step whose loss, gradient norm or new parameters are not finite is never
+applied (``step.make_train_step``), so no checkpoint holds a non-finite state and retention never
+removes the last finite one. The loop reads the steps' finiteness flags at each log step, before
+each evaluation and checkpoint, and at the end (not every step: no host sync per step). With
+``train.on_nonfinite="stop"`` (default) the first non-finite step ends the run: nothing more is
+saved, summary.json has status "diverged", ``diverged_step`` and the last checkpoint's step, and
+``experiments/train.py`` exits with status 3. With ``"skip"`` the bad steps are skipped and counted
+(``skipped_steps`` in the metrics and summary) until more than ``train.max_skipped`` stop the run
+as above.
+
+Running a finished run again (its checkpoint at ``train.steps``) changes nothing and returns the
+summary.json it wrote.
 
 ``train(config, workdir)`` is what ``python -m experiments.train`` runs. Layout of ``workdir``::
 
@@ -131,26 +145,63 @@ def build(run: RunSettings, mesh):
 
 
 class _Stop:
-  """SIGTERM → finish the current step, checkpoint, exit cleanly."""
+  """SIGTERM or SIGINT → finish the current step, checkpoint, exit cleanly. A second SIGINT
+  raises ``KeyboardInterrupt`` at once (the last checkpoint on disk is kept)."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler
-      self._previous = None
+    for sig in self._SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM: saving a checkpoint after this step, then exiting")
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning("%s: saving a checkpoint after this step, then exiting", name)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+
+class _Guard:
+  """The divergence guard's bookkeeping: the steps' device-side finiteness flags, read in batches."""
+
+  def __init__(self, train_settings):
+    self._mode = train_settings.on_nonfinite
+    self._limit = train_settings.max_skipped
+    self._pending: list[tuple[int, jax.Array]] = []
+    self.skipped = 0
+    self.diverged_step: int | None = None
+
+  def add(self, step: int, finite: jax.Array) -> None:
+    self._pending.append((step, finite))
+
+  def check(self) -> bool:
+    """Reads the pending flags; True when the run must stop (it diverged)."""
+    flags = jax.device_get([f for _, f in self._pending])
+    bad = [step for (step, _), ok in zip(self._pending, flags, strict=True) if not ok]
+    self._pending.clear()
+    if bad:
+      logging.warning(
+        "non-finite loss, gradient or parameters at step %d (%d step(s) since the last check); "
+        "not applied", bad[0], len(bad),
+      )  # fmt: skip
+      allowed = 0 if self._mode == "stop" else self._limit - self.skipped
+      if len(bad) > allowed:
+        self.diverged_step = bad[allowed]
+      self.skipped += len(bad)
+    return self.diverged_step is not None
 
 
 def train(config, workdir: str) -> dict[str, Any]:
@@ -184,6 +235,14 @@ def train(config, workdir: str) -> dict[str, Any]:
     logging.info("initialised a new run in %s", workdir)
   else:
     start, state, extra = restored
+    if start >= t.steps and (workdir / "summary.json").exists():
+      checkpoints.close()
+      writer.close()
+      logging.warning("the run in %s is finished (step %d); nothing to do", workdir, start)
+      summary = json.loads((workdir / "summary.json").read_text())
+      if jax.process_index() == 0:
+        print(json.dumps(summary), file=sys.stdout, flush=True)
+      return summary
     loader.set_state(extra["data"][jax.process_index()])
     writer.truncate_after(start)
     logging.info("resumed from step %d in %s", start, workdir)
@@ -227,6 +286,8 @@ def train(config, workdir: str) -> dict[str, Any]:
   )
   last_eval: dict[str, float] = {}
   status = "completed"
+  guard = _Guard(t)
+  last_saved = start if restored is not None else None
   with _Stop() as stop:
     for step in range(start, t.steps):
       batch = next(loader)
@@ -234,8 +295,16 @@ def train(config, workdir: str) -> dict[str, Any]:
       state, metrics = train_step(state, batch)
       done = step + 1
       final = done == t.steps
+      guard.add(done, metrics.pop("finite"))
+      evaluate_now = (t.eval_every and done % t.eval_every == 0) or final
+      save_now = done % t.checkpoint_every == 0 or final or stop.requested
+      if (done % t.log_every == 0 or evaluate_now or save_now) and guard.check():
+        status = "diverged"
+        break
       if done % t.log_every == 0 or final:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if guard.skipped:
+          scalars["skipped_steps"] = guard.skipped
         scalars["lr"] = float(lr(step))
         scalars.update(gate_statistics(jax.device_get(probe(state.params, batch))))
         progress.update(done, scalars["loss"], {"acc": scalars["accuracy"]})
@@ -246,16 +315,19 @@ def train(config, workdir: str) -> dict[str, Any]:
           if util is not None:
             scalars["mfu"] = util
         writer.write(done, scalars)
-      if (t.eval_every and done % t.eval_every == 0) or final:
+      if evaluate_now:
         last_eval = evaluate(state.params)
         writer.write(done, last_eval)
         logging.info("step %d: %s", done, last_eval)
-      if done % t.checkpoint_every == 0 or final or stop.requested:
+      if save_now:
         positions = _gather_json(loader.get_state())
         checkpoints.save(done, state, {"data": positions, "step": done})
+        last_saved = done
       if stop.requested and not final:
         status = "preempted"
         break
+  if start >= t.steps and not last_eval:  # finished, but its summary.json was lost: evaluate
+    last_eval = evaluate(state.params)
   checkpoints.wait()
   checkpoints.close()
   writer.close()
@@ -267,6 +339,16 @@ def train(config, workdir: str) -> dict[str, Any]:
     **{k: float(v) for k, v in last_eval.items()},
     **progress.summary(),
   }
+  if guard.skipped:
+    summary["skipped_steps"] = guard.skipped
+  if status == "diverged":
+    summary["diverged_step"] = guard.diverged_step
+    summary["last_checkpoint"] = last_saved
+    logging.error(
+      "diverged at step %d (non-finite loss, gradient or parameters; train.on_nonfinite=%r, "
+      "%d step(s) not applied); nothing saved after it; the last checkpoint is step %s",
+      guard.diverged_step, t.on_nonfinite, guard.skipped, last_saved,
+    )  # fmt: skip
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), file=sys.stdout, flush=True)

@@ -33,7 +33,13 @@ def token_metrics(logits, batch):
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int = 1):
   """The train step: mean loss over the batch's masked tokens, gradients summed over
-  ``grad_accum`` micro-batches (a ``lax.scan``; one optimizer update per step)."""
+  ``grad_accum`` micro-batches (a ``lax.scan``; one optimizer update per step).
+
+  A step whose loss, gradient norm or updated parameters are not finite is not applied: the
+  parameters and optimizer state stay as they were (``step`` and ``rng`` still advance, as the
+  batch was consumed), and ``metrics["finite"]`` is False. The loop decides what follows
+  (``train.on_nonfinite``); a non-finite state never reaches a checkpoint.
+  """
 
   def loss_fn(params, batch):
     logits, _ = nnx.merge(graphdef, params)(batch["inputs"])
@@ -61,6 +67,12 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int 
       "param_norm": optax.tree.norm(params),
       "tokens": tot[2],
     }
+    finite = jnp.all(
+      jnp.isfinite(jnp.stack([metrics[k] for k in ("loss", "grad_norm", "param_norm")]))
+    )
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics["finite"] = finite
     return TrainState(params, opt_state, state.step + 1, jax.random.split(state.rng)[0]), metrics
 
   return step

@@ -5,8 +5,9 @@
 - ``keep`` bounds the step directories on disk; saving an existing step is a no-op.
 - Orbax commits by renaming ``<step>.orbax-checkpoint-tmp`` to ``<step>``: a tmp directory, even a
   complete one, and a step directory without ``commit_success.txt`` are never restored.
-- A corrupted newest checkpoint (data file truncated or deleted, metadata garbled) gives a
-  ``CheckpointRestoreWarning`` and the previous one; none readable gives a RuntimeError.
+- A corrupted newest checkpoint (data file truncated or deleted, metadata garbled, bits flipped in
+  a data file: caught by the digest) gives a ``CheckpointRestoreWarning`` and the previous one;
+  none readable gives a RuntimeError. The digest equals a numpy computation of its definition.
 - Arrays sharded over a (2, 4) mesh restore into the same, a replicated and a different sharding.
 """
 
@@ -29,7 +30,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from miras_jax.train.checkpoint import Checkpointer, CheckpointRestoreWarning
+from miras_jax.train.checkpoint import Checkpointer, CheckpointRestoreWarning, digest
 
 # When one array read fails (a corrupted checkpoint), Orbax leaves the other read coroutines
 # un-awaited; pytest reports them when they are garbage collected. Collect them inside the test
@@ -264,6 +265,60 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, how):
   _assert_restored(fresh.restore(_abstract(_small_state())), 3)
   ckpt.close()
   fresh.close()
+
+
+def _flip_bits(path, count=3):
+  """Flips one bit in each of ``count`` bytes in the middle of the file (sizes unchanged)."""
+  data = bytearray(path.read_bytes())
+  for i in range(count):
+    data[len(data) // 2 + 7 * i] ^= 1 << (i % 8)
+  path.write_bytes(bytes(data))
+
+
+def test_flipped_bits_are_caught_by_the_digest(tmp_path):
+  import orbax.checkpoint as ocp
+
+  ckpt = _save_steps(tmp_path, [1, 2])
+  ckpt.close()
+  _flip_bits(_largest_data_file(tmp_path / "2"))
+  # Orbax alone restores the flipped data without a complaint, with other values.
+  raw = ocp.StandardCheckpointer().restore(tmp_path / "2" / "state", _abstract(_small_state(2)))
+  assert not np.array_equal(np.asarray(raw["w"]), np.asarray(_small_state(2)["w"]))
+  fresh = Checkpointer(str(tmp_path), async_save=False)
+  with pytest.warns(CheckpointRestoreWarning, match=r"step 2 .*digest mismatch .*\['w'\]"):
+    _assert_restored(fresh.restore(_abstract(_small_state())), 1)
+  assert _step_dirs(tmp_path) == ["1"]
+  assert [p for p in os.listdir(tmp_path) if p.startswith("2.corrupt-")]
+  fresh.close()
+
+
+def _numpy_digest(x: np.ndarray) -> list[int]:
+  words = x.reshape(-1).view(f"uint{8 * x.dtype.itemsize}").astype(np.uint64)
+  odd = 2 * np.arange(words.size, dtype=np.uint64) + 1
+  return [int(words.sum() % 2**32), int((words * odd).sum() % 2**32)]
+
+
+def test_digest_matches_numpy_and_sees_every_single_bit_flip():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 5)).astype(np.float32)
+  tree = {"f": jnp.asarray(x), "h": jnp.asarray(x).astype(jnp.bfloat16), "i": jnp.arange(4)}
+  got = digest(tree)
+  assert got["['f']"] == _numpy_digest(x)
+  assert got["['h']"] == _numpy_digest(np.asarray(tree["h"]).view(np.uint16))
+  assert got["['i']"] == _numpy_digest(np.arange(4, dtype=np.int32))
+  assert digest({"k": jax.random.key(3)})["['k']"] == _numpy_digest(
+    np.asarray(jax.random.key_data(jax.random.key(3)))
+  )
+  bits = x.view(np.uint32)
+  for i in range(bits.size):
+    for b in (0, 17, 31):
+      flipped = bits.copy().reshape(-1)
+      flipped[i] ^= np.uint32(1 << b)
+      assert _numpy_digest(flipped.view(np.float32)) != _numpy_digest(x)
+  flipped = bits.copy().reshape(-1)
+  flipped[[2, 9]] ^= np.uint32(1 << 4)  # two flips that a plain sum could cancel: sign differs
+  flipped[2] ^= np.uint32(0)
+  assert digest({"f": jnp.asarray(flipped.view(np.float32).reshape(3, 5))})["['f']"] != got["['f']"]
 
 
 def test_two_corrupt_fall_back_twice_and_none_readable_raises(tmp_path):

@@ -1,5 +1,5 @@
-"""The training loop: mesh equivalence, an end-to-end run that resumes, kill -9 and SIGTERM
-recovery, and the errors for bad input."""
+"""The training loop: mesh equivalence, an end-to-end run that resumes, kill -9 and Ctrl-C/SIGTERM
+recovery, the divergence guard, re-running a finished run, and the errors for bad input."""
 
 import json
 import os
@@ -134,16 +134,17 @@ def _finish(proc, timeout=300):
   return out
 
 
-def test_sigterm_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir):
+def test_ctrl_c_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir):
   steps, every = 16, 4  # checkpoints are the slow part of a tiny run: few of them
   c = _config(data_dir, checkpoint_every=every, steps=steps)
   reference = tmp_path / "reference"
   train(c, str(reference))  # uninterrupted, in this process
   run = tmp_path / "run"
-  # SIGTERM: a clean exit with a checkpoint at the step it stopped after
+  # Ctrl-C (SIGINT; SIGTERM takes the same path, test_stop_handles_sigterm_and_sigint): a clean
+  # exit with a checkpoint at the step it stopped after
   proc = _launch(c, run, 100_000)
   _wait_for_checkpoint(proc, run, every)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signal.SIGINT)
   _finish(proc)
   summary = json.loads((run / "summary.json").read_text())
   assert summary["status"] == "preempted"
@@ -157,6 +158,23 @@ def test_sigterm_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir):
   _finish(_launch(c, run, steps))
   assert _losses(run) == _losses(reference)  # every step once, equal bit for bit
   assert sorted(_losses(run)) == list(range(1, steps + 1))
+
+
+def test_stop_handles_sigterm_and_sigint():
+  from miras_jax.train.loop import _Stop
+
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    with _Stop() as stop:
+      assert not stop.requested
+      os.kill(os.getpid(), sig)
+      time.sleep(0.01)
+      assert stop.requested, sig
+      if sig == signal.SIGINT:  # a second Ctrl-C interrupts at once
+        with pytest.raises(KeyboardInterrupt):
+          os.kill(os.getpid(), sig)
+          time.sleep(0.01)
+  assert {sig: signal.getsignal(sig) for sig in before} == before  # restored
 
 
 def test_bad_input_gives_clear_errors(tmp_path, data_dir):
@@ -219,3 +237,107 @@ def test_text_corpus_run_packs_windows_and_reports_perplexity(tmp_path):
   summary = train(c, str(tmp_path / "run"))
   assert summary["step"] == 2 and summary["eval/tokens"] == 8 * 32
   assert 1.0 < summary["eval/perplexity"] < 1000.0  # byte level: at most ~256 at the start
+
+
+# -- divergence guard, finished runs ---------------------------------------------------------------
+
+
+def _poisoned_step(bad_steps):
+  """``make_train_step`` whose optimizer update is NaN at the given 0-based steps (a stand-in for a
+  run that diverges there: the step sees non-finite new parameters). Keyed on ``state.step``,
+  which advances whether or not a step is applied."""
+  import optax
+
+  def make(graphdef, tx, grad_accum=1):
+    def step(state, batch):
+      bad = jnp.isin(state.step, jnp.asarray(bad_steps))
+
+      def update(grads, opt_state, params=None):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return jax.tree.map(lambda u: jnp.where(bad, jnp.nan, u), updates), opt_state
+
+      poisoned = optax.GradientTransformation(tx.init, update)
+      return make_train_step(graphdef, poisoned, grad_accum)(state, batch)
+
+    return step
+
+  return make
+
+
+def _restore_params(workdir, c, step):
+  from miras_jax.train.checkpoint import Checkpointer
+
+  run = settings_from_config(c)
+  *_, abstract, _ = build(run, mesh_lib.make_mesh(-1, 1, 1))
+  with Checkpointer(str(Path(workdir) / "checkpoints"), async_save=False) as ckpt:
+    return ckpt.restore(abstract, step=step)[1].params
+
+
+def test_a_diverging_run_stops_without_saving_the_bad_state(tmp_path, data_dir, monkeypatch):
+  """NaN parameters after update 3 (step 4): status "diverged" at step 4, nothing saved after
+  step 3, and keep_checkpoints=1 still holds the finite step-3 checkpoint."""
+  from miras_jax.train import loop
+
+  monkeypatch.setattr(loop, "make_train_step", _poisoned_step([3]))
+  c = _config(data_dir, steps=8, checkpoint_every=1, keep_checkpoints=1)
+  summary = train(c, str(tmp_path / "run"))
+  assert summary["status"] == "diverged" and summary["diverged_step"] == 4
+  assert summary["last_checkpoint"] == 3
+  assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+  steps = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps == ["3"]
+  params = _restore_params(tmp_path / "run", c, 3)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_skip_mode_skips_and_counts_then_stops_past_the_limit(tmp_path, data_dir, monkeypatch):
+  from miras_jax.train import loop
+
+  monkeypatch.setattr(loop, "make_train_step", _poisoned_step([1, 2]))
+  c = _config(data_dir, steps=5, on_nonfinite="skip", max_skipped=2, checkpoint_every=10)
+  summary = train(c, str(tmp_path / "skip"))
+  assert summary["status"] == "completed" and summary["skipped_steps"] == 2
+  assert all(np.isfinite(list(_losses(tmp_path / "skip").values())))
+  params = _restore_params(tmp_path / "skip", c, 5)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+  c = _config(data_dir, steps=5, on_nonfinite="skip", max_skipped=1, checkpoint_every=10)
+  summary = train(c, str(tmp_path / "limit"))
+  assert summary["status"] == "diverged" and summary["diverged_step"] == 3  # the 2nd bad one
+
+
+def test_running_a_finished_run_again_changes_nothing(tmp_path, data_dir):
+  c = _config(data_dir, steps=2, eval_every=2)
+  first = train(c, str(tmp_path / "run"))
+  written = (tmp_path / "run" / "summary.json").read_text()
+  again = train(c, str(tmp_path / "run"))
+  assert (tmp_path / "run" / "summary.json").read_text() == written
+  assert again == first and "eval/accuracy" in again
+
+
+def test_the_launcher_exits_3_when_training_diverges(tmp_path, data_dir):
+  """An sgd step of size 1e30 overflows the parameters at the first step with a non-zero lr."""
+  c = _config(data_dir, steps=3)
+  flags = ["--config.optimizer.name=sgd", "--config.optimizer.lr=1e30"]
+  cmd = [sys.executable, "-m", "experiments.train", "--config=configs/mqar.py"]
+  cmd += [f"--workdir={tmp_path / 'run2'}", *_flags(c), "--config.train.steps=3", *flags]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 3, out.stderr[-2000:]
+  assert json.loads((tmp_path / "run2" / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--stpes=3"], "Unknown command line flag 'stpes'"),
+    (["--config.optimizer.lr=-1"], "optimizer.lr = -1.0: must be a finite number in (0, inf)"),
+    (["--config.model.overrides.max_lr=5"], "max_lr must be in [0, 1]"),
+    (["--workdir=/proc/no/such/dir"], "workdir '/proc/no/such/dir' is not writable"),
+  ],
+)
+def test_the_launcher_answers_user_errors_with_one_line_and_status_2(tmp_path, args, message):
+  cmd = [sys.executable, "-m", "experiments.train", "--config=configs/mqar.py"]
+  cmd += [f"--workdir={tmp_path / 'run'}", *args]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+  assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
