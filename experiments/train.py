@@ -6,7 +6,8 @@
 ``--config.model.overrides.FIELD=VALUE`` may set any field of the model's config class, declared in
 the config file or not (``miras_jax.train.settings.apply_overrides``).
 
-Exit status: 0 when the run completed or was preempted (SIGTERM, Ctrl-C; run the command again to
+Output: the progress line, evaluations, warnings and the summary (absl/Orbax INFO lines only with
+``--verbosity=0``). Exit status: 0 when the run completed or was preempted (SIGTERM, Ctrl-C; run the command again to
 resume), 2 for a user error (unknown flag or key, a value out of range, an unwritable workdir: one
 line on stderr; ``--traceback`` shows the full trace), 3 when training diverged (a non-finite loss
 or gradient; see summary.json).
@@ -19,7 +20,7 @@ is initialised from the environment (TPU, SLURM, …) or from --coordinator_addr
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file[:arg]", lock_config=True)
@@ -66,6 +67,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     _user_error(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # the run's own lines only; --verbosity=0 for INFO
+    logging.set_verbosity(logging.WARNING)
   import jax
 
   from miras_jax.train.settings import apply_overrides

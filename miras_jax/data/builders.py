@@ -23,13 +23,17 @@ the generator.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import math
 import numbers
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -603,8 +607,36 @@ _TASK_BUILDERS = {
 
 
 def _build(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  """Generates a local builder's data if needed. tfds prints "Downloading and preparing" (to
+  stdout) for every builder; nothing is downloaded here, so that line is replaced by ours."""
+  if not builder.is_prepared():
+    print(f"generating {builder.name} ({builder.builder_config.name}) in {builder.data_dir}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    tfds.disable_progress_bar()  # its cursor moves garble the lines around it
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    finally:
+      tfds.enable_progress_bar()
   return builder
+
+
+class _LocalBuilderNotices(logging.Filter):
+  """Drops two tfds warnings that are normal for the local builders: "Using custom data
+  configuration" (each option set is its own config by design) and "Variant folder … has no
+  dataset_info.json" (the folder of a config not generated yet)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (
+      text.startswith("Using custom data configuration")
+      or (text.startswith("Variant folder") and "dataset_info.json" in text)
+    )
+
+
+logging.getLogger("absl").addFilter(_LocalBuilderNotices())
 
 
 def prepare(name: str, data_dir: str | os.PathLike, **options: Any) -> tfds.core.DatasetBuilder:

@@ -232,7 +232,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   if restored is None:
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(t.seed))
     start = 0
-    logging.info("initialised a new run in %s", workdir)
+    _say(f"new run in {workdir}")
   else:
     start, state, extra = restored
     if start >= t.steps and (workdir / "summary.json").exists():
@@ -245,7 +245,7 @@ def train(config, workdir: str) -> dict[str, Any]:
       return summary
     loader.set_state(extra["data"][jax.process_index()])
     writer.truncate_after(start)
-    logging.info("resumed from step %d in %s", start, workdir)
+    _say(f"resumed from step {start} in {workdir}")
 
   train_step = jax.jit(
     make_train_step(graphdef, tx, t.grad_accum),
@@ -318,7 +318,7 @@ def train(config, workdir: str) -> dict[str, Any]:
       if evaluate_now:
         last_eval = evaluate(state.params)
         writer.write(done, last_eval)
-        logging.info("step %d: %s", done, last_eval)
+        _say(f"eval at step {done}: " + "  ".join(f"{k[5:]} {v:.4g}" for k, v in last_eval.items()))
       if save_now:
         positions = _gather_json(loader.get_state())
         checkpoints.save(done, state, {"data": positions, "step": done})
@@ -353,6 +353,12 @@ def train(config, workdir: str) -> dict[str, Any]:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), file=sys.stdout, flush=True)
   return summary
+
+
+def _say(line: str) -> None:
+  """One of the run's own lines (beside the progress line, on stderr; process 0 only)."""
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _gate_probe(graphdef):

@@ -3,6 +3,7 @@ recovery, the divergence guard, re-running a finished run, and the errors for ba
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,8 +156,11 @@ def test_ctrl_c_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir):
   _wait_for_checkpoint(proc, run, (stopped // every + 1) * every)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  _finish(_launch(c, run, steps))
+  out = _finish(_launch(c, run, steps))
   assert _losses(run) == _losses(reference)  # every step once, equal bit for bit
+  # Quiet by default: the run's own lines only (no absl/Orbax INFO lines, e.g. "I1201 12:00…").
+  assert not [x for x in out.splitlines() if re.match(r"I\d{4} ", x)], out
+  assert "resumed from step" in out and f"step {steps}/{steps}" in out
   assert sorted(_losses(run)) == list(range(1, steps + 1))
 
 
