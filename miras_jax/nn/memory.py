@@ -62,6 +62,18 @@ def default_max_lr(rule) -> float:
   return 0.1
 
 
+DEFAULT_GRAD_CLIP = 10.0  # per-token inner-gradient norm cap of ℓ2 MLP memories (docs/models.md)
+
+
+def default_grad_clip(rule) -> float | None:
+  """The block's default per-token inner-gradient clip (``Rule.grad_clip``): 10 for an MLP memory
+  with the ℓ2 bias and a decay or no retention (Titans LMM, TTT-MLP), None (off, as in the papers)
+  otherwise. Without it a rare token's write can make such a memory's weights feed their own
+  growth within one sequence (Titans MAG on MQAR-64: 1e22 by token 64, NaN at step 65)."""
+  deep_l2 = isinstance(rule.memory, mj.MLPMemory) and isinstance(rule.bias, mj.biases.L2)
+  return DEFAULT_GRAD_CLIP if deep_l2 and not isinstance(rule.retention, ret.KLSoftmax) else None
+
+
 def default_init_scale(rule) -> float:
   """The block's default ``init_scale``: 0.1 for linear memories, 1 for MLP memories, 32 for the
   logits of Memora's softmax rows (peaked rows: std 32/√fan_in, 5.7 and 2.8 at head dim 32)."""
@@ -91,7 +103,10 @@ class NeuralMemory(nnx.Module):
   norm ≈ 1.4·√head_dim, so Yaad starts in its ℓ2 branch (with δ_0 ≈ 1 it ran as sign descent and
   stayed near chance). ``init_scale``: the initial memory's normal init, std ``init_scale/√fan_in``
   (``default_init_scale``: 1 for MLP memories, 0.1 for linear, 32 for the logits of Memora's
-  softmax rows, whose near-uniform rows at 1 left the memory's output ≈ k).
+  softmax rows, whose near-uniform rows at 1 left the memory's output ≈ k). ``grad_clip``
+  (``default_grad_clip``, unless ``preset_options`` name it): each token's inner gradient clipped
+  at norm 10 for the ℓ2 MLP memories (Titans LMM, TTT-MLP; without it Titans MAG and MAL diverged
+  on MQAR), off otherwise.
   """
 
   def __init__(
@@ -111,9 +126,12 @@ class NeuralMemory(nnx.Module):
     delta_init: float | None = None,
     rngs: nnx.Rngs,
   ):
-    self.rule = mj.presets.get(preset, **(preset_options or {}))
+    options = dict(preset_options or {})
+    self.rule = mj.presets.get(preset, **options)
     if not isinstance(self.rule, mj.Rule):
       raise ValueError(f"preset must be a parametric memory; got {preset!r} (use nn.Attention)")
+    if "grad_clip" not in options and default_grad_clip(self.rule) is not None:
+      self.rule = mj.presets.get(preset, grad_clip=default_grad_clip(self.rule), **options)
     if isinstance(self.rule.algorithm, mj.algorithms.MultiStepGD):
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size

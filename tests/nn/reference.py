@@ -155,6 +155,9 @@ def attention(att, x, *, heads, window=None, n_persistent=0):
 # ---- the MIRAS block (nn.NeuralMemory) -----------------------------------------------------------
 # docs/models.md, "The MIRAS block": gate → (activation, initial bias); η = max_lr·σ(·); δ's bias
 # puts δ at 4·√head_dim at init (the bias is softplus⁻¹ of that).
+# docs/models.md: the MLP memories with the ℓ2 bias clip each token's inner gradient at norm 10
+# unless preset_options name grad_clip (None: off, the papers' form).
+DEFAULT_GRAD_CLIP = {"titans_lmm": 10.0, "ttt_mlp": 10.0}
 GATES = {
   "lr": (sigmoid, -2.0),
   "retention": (sigmoid, 4.0),
@@ -193,7 +196,10 @@ class MemoryReference:
 
   def __init__(self, layer, *, preset, preset_options, chunk_size, max_lr, heads, head_dim):
     self.layer, self.heads, self.head_dim = layer, heads, head_dim
-    self.rule = mj.presets.get(preset, **preset_options)
+    options = dict(preset_options)
+    if preset in DEFAULT_GRAD_CLIP and "grad_clip" not in options:
+      options["grad_clip"] = DEFAULT_GRAD_CLIP[preset]
+    self.rule = mj.presets.get(preset, **options)
     self.exact = exact_form_applies(self.rule)
     self.core = _memory_core(self.rule, chunk_size, self.exact)
     self.max_lr = max_lr

@@ -69,6 +69,31 @@ def test_neural_memory_matches_the_documented_data_flow(case):
   chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
 
 
+def test_the_default_inner_gradient_clip_of_l2_mlp_memories():
+  """Titans LMM on inputs large enough that per-token inner gradients exceed the documented clip
+  of 10: the block equals the reference with the clip, differs from it without the clip, and
+  ``grad_clip=None`` in preset_options gives the papers' unclipped form."""
+  x = 30.0 * _x(1)
+
+  def layer(options):
+    m = NeuralMemory(E, H, D, preset="titans_lmm", preset_options=options, chunk_size=CHUNK,
+                     conv_kernel=4, gate_rank=4, max_lr=0.5, rngs=nnx.Rngs(1))  # fmt: skip
+    return m, np.asarray(nnx.jit(lambda m, x: m(x))(m, jnp.asarray(x, jnp.float32))[0], np.float64)
+
+  def reference(m, options):
+    r = ref.MemoryReference(m, preset="titans_lmm", preset_options=options, chunk_size=CHUNK,
+                            max_lr=0.5, heads=H, head_dim=D)  # fmt: skip
+    return r(x, r.init_state(B))[0]
+
+  default, got = layer({})
+  clipped = reference(default, {})
+  unclipped = reference(default, {"grad_clip": None})
+  assert np.abs(clipped - unclipped).max() > 100 * TOL  # the clip is active on these inputs
+  chex.assert_trees_all_close(got, clipped, rtol=TOL, atol=TOL)
+  paper, got = layer({"grad_clip": None})
+  chex.assert_trees_all_close(got, reference(paper, {"grad_clip": None}), rtol=TOL, atol=TOL)
+
+
 def test_channel_gates_follow_the_documented_data_flow():
   """Yaad with channel-wise η and δ (MIRAS §5.4): head_dim gate values per head and token, from
   the same low-rank projections (rank 4 here) with the documented biases."""
