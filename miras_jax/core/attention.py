@@ -17,18 +17,23 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from miras_jax.core.gates import Gates
+
 
 def _scale(d_k: int, scale: float | None) -> float:
   return 1.0 / math.sqrt(d_k) if scale is None else scale
 
 
 def softmax_attention(q, k, v, *, window: int | None = None, scale: float | None = None):
-  """Parallel causal softmax attention. ``q, k: [T, d_k]``, ``v: [T, d_v]`` → ``[T, d_v]``."""
+  """Parallel causal softmax attention. ``q, k: [T, d_k]``, ``v: [T, d_v]`` → ``[T, d_v]``, in the
+  inputs' (promoted) floating dtype."""
   for name, x in (("q", q), ("k", k), ("v", v)):
     if getattr(x, "ndim", None) != 2:
       raise ValueError(
         f"{name} must be a [T, d] array; got {getattr(x, 'shape', type(x).__name__)}"
       )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"{name} must be a floating array; got dtype {x.dtype}")
   if k.shape != q.shape or v.shape[0] != q.shape[0]:
     raise ValueError(
       f"q, k must be [T, d_k] and v [T, d_v] with one T; got {q.shape}, {k.shape}, {v.shape}"
@@ -36,13 +41,23 @@ def softmax_attention(q, k, v, *, window: int | None = None, scale: float | None
   if window is not None and window < 1:
     raise ValueError(f"window must be >= 1 or None; got {window}")
   t = q.shape[0]
-  scores = (q @ k.T) * _scale(q.shape[1], scale)  # [T, T]
   i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
   mask = j <= i
   if window is not None:
     mask &= j > i - window
-  scores = jnp.where(mask, scores, -jnp.inf)
-  return jax.nn.softmax(scores, axis=-1) @ v
+  return attend(q, k, v, mask, _scale(q.shape[1], scale))
+
+
+def attend(q, k, v, mask, scale):
+  """``softmax(q kᵀ · scale)`` over the keys where ``mask: [T_q, T_k]`` holds, times ``v``.
+
+  A key whose key or value row is not finite takes no part in the matmuls (0 · NaN = NaN would
+  reach every query, also those the mask hides it from); the queries that attend to it get NaN
+  (``recurrent`` gives NaN or inf there too, possibly in fewer channels)."""
+  ok = jnp.isfinite(k).all(axis=-1) & jnp.isfinite(v).all(axis=-1)
+  k, v = jnp.where(ok[:, None], k, 0), jnp.where(ok[:, None], v, 0)
+  ys = jax.nn.softmax(jnp.where(mask, (q @ k.T) * scale, -jnp.inf), axis=-1) @ v
+  return jnp.where(jnp.any(mask & ~ok[None, :], axis=-1, keepdims=True), jnp.nan, ys)
 
 
 def ring_slots(length: jax.Array, capacity: int):
@@ -116,10 +131,30 @@ class SoftmaxAttention:
   def check(self, state, q, k, v, gates) -> None:
     if not isinstance(state, KVCache):
       raise ValueError(f"state must be a KVCache (from init_state); got {type(state).__name__}")
-    c, d_k = state.keys.shape
-    d_v = state.values.shape[1]
+    if not isinstance(gates, Gates):
+      raise ValueError(f"gates must be a miras_jax.Gates; got {type(gates).__name__}")
+    for name in ("keys", "values"):
+      x = getattr(state, name)
+      dtype = getattr(x, "dtype", None)
+      if getattr(x, "ndim", None) != 2 or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"state.{name} must be a floating [C, d] array; got {x!r}")
+      if jnp.finfo(dtype).bits < 32 or x.shape[0] != state.keys.shape[0]:
+        raise ValueError(
+          f"state.{name} must be float32 or float64 with C={state.keys.shape[0]} rows like "
+          f"state.keys; got {dtype} {x.shape}"
+        )
+    if jnp.ndim(state.length) != 0 or not jnp.issubdtype(
+      jnp.result_type(state.length), jnp.integer
+    ):
+      raise ValueError(f"state.length must be an int scalar; got {state.length!r}")
+    d_k, d_v = state.keys.shape[1], state.values.shape[1]
+    if getattr(q, "ndim", None) != 2:
+      raise ValueError(f"q must have shape [T, {d_k}]; got {getattr(q, 'shape', type(q).__name__)}")
     for name, x, d in (("q", q, d_k), ("k", k, d_k), ("v", v, d_v)):
       if getattr(x, "ndim", None) != 2 or x.shape[1] != d or x.shape[0] != q.shape[0]:
         raise ValueError(
-          f"{name} must have shape [T, {d}]; got {getattr(x, 'shape', type(x).__name__)}"
+          f"{name} must have shape [T={q.shape[0]}, {d}] (T from q, d from the state); got "
+          f"{getattr(x, 'shape', type(x).__name__)}"
         )
+      if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating array; got dtype {x.dtype}")

@@ -47,9 +47,23 @@ renormalises at the chunk's last token; Memora's first token of each chunk (the 
 Eq 30) gets the full softmax update, and the rest of the chunk the linear one W_t = α_t W_{t−1} −
 η_t ∇ℓ(W_lag) (Eq 31–32). ``chunk_reference`` is the same semantics written token by token with
 materialised weights; with ``chunk_size=1`` it equals ``recurrent`` exactly.
+
+**Stability of the mini-batch semantics.** With the gradient base frozen, a chunk of GD on the ℓ2
+loss of a linear memory is one GD step with the summed rate, W_b = W_0 (I − A) + Σ_i η_i v_i k_iᵀ
+with A = Σ_i η_i k_i k_iᵀ: it is stable only while λ_max(A) ≤ 2 in (nearly) every chunk, which
+Σ_i η_i ‖k_i‖² ≤ 2 guarantees, whereas the token-serial rule needs only η_t ‖k_t‖² ≤ 2 per token.
+So the admissible rate shrinks like 1/b. Measured on ``ttt_linear`` with unit keys in d = 4 and
+η ~ U(0.15, 0.3): at b = 64, λ_max(A) is 4.7 on average and above 2 in every chunk, the outputs
+grow ~e^1.3 per chunk and overflow float32 (NaN from token 5 810; ``chunk_reference``, the
+token-serial form of the same semantics, from 5 828, agreeing with this dual form to 4e-6 until
+then: the semantics, not round-off); at b = 16, λ_max(A) is 1.4 on average (above 2 in 0.35 % of
+the chunks) and the outputs stay finite over 10^5 tokens, as ``recurrent``'s; rates scaled so
+that λ_max(A) ≤ 2 keep b = 64 finite too. Choose b and the rate scale together.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -57,10 +71,10 @@ import jax.numpy as jnp
 from miras_jax.core import algorithms as algos
 from miras_jax.core import biases
 from miras_jax.core import retention as ret
-from miras_jax.core.attention import KVCache, SoftmaxAttention, ring_slots, ring_write
+from miras_jax.core.attention import KVCache, SoftmaxAttention, attend, ring_slots, ring_write
 from miras_jax.core.gates import Gates
 from miras_jax.core.memory import LinearMemory
-from miras_jax.core.rule import MemoryState, Rule, clip_scale
+from miras_jax.core.rule import MemoryState, Rule, clip_scale, promote
 
 _TINY = 1e-30  # α is clamped here before the log, so that α = 0 gives a finite log decay
 
@@ -96,7 +110,12 @@ def _split(tree, b: int, t: int):
   return full, rest
 
 
-def _scan_chunks(body, carry, full, rest, remat: bool):
+def _join(outs, empty):
+  """The outputs of the chunks in order; ``empty`` (``[0, d_v]``) when there are none (T = 0)."""
+  return jnp.concatenate(outs) if outs else empty
+
+
+def _scan_chunks(body, carry, full, rest, remat: bool, empty):
   """Runs ``body(carry, chunk) -> (carry, ys)`` over the full chunks (scanned) and the remainder."""
   outs = []
   if full is not None:
@@ -106,7 +125,47 @@ def _scan_chunks(body, carry, full, rest, remat: bool):
   if rest is not None:
     carry, ys = body(carry, rest)
     outs.append(ys)
-  return jnp.concatenate(outs) if len(outs) > 1 else outs[0], carry
+  return _join(outs, empty), carry
+
+
+def _check_chunk_size(chunk_size) -> None:
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+
+
+def _finite_tokens(tree, t: int) -> jax.Array:
+  """``[t]`` bool: whether every entry of each token's inputs (leaves ``[t, …]``) is finite."""
+  ok = jnp.ones((t,), bool)
+  for x in jax.tree.leaves(tree):
+    ok &= jnp.all(jnp.isfinite(x.reshape(t, math.prod(x.shape[1:]))), axis=1)
+  return ok
+
+
+def _isolate(tree, t: int):
+  """Keeps a non-finite token out of the chunk's matmuls: ``(tree, alive)`` with every token whose
+  inputs (the exact form's effective k, v and gates; the mini-batch form's gradient factors and
+  gates) are not all finite set to 0, and ``alive: [t]`` False from the first such token on.
+
+  Inside a chunk every token meets every other one in a matmul over the chunk axis, where a
+  causal mask cannot stop 0 · NaN = NaN (masks select with ``jnp.where``, but a NaN row of the
+  right operand reaches every output row): without this a NaN in the last key made all earlier
+  outputs of its chunk NaN. The caller marks its outputs from the first bad token on, and the end
+  state, as NaN (``_poison``): the token-serial ``recurrent`` is non-finite there too (in every
+  channel, or in the channels the bad entry reaches), and the earlier outputs stay exact."""
+  ok = _finite_tokens(tree, t)
+  clean = jax.tree.map(lambda x: jnp.where(ok.reshape(t, *(1,) * (x.ndim - 1)), x, 0), tree)
+  return clean, jnp.cumsum(~ok) == 0
+
+
+def _poison(tree, alive):
+  """NaN in every floating leaf where ``alive`` (a scalar or a leading ``[t]``) is False."""
+
+  def one(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    return jnp.where(alive.reshape(*alive.shape, *(1,) * (x.ndim - alive.ndim)), x, jnp.nan)
+
+  return jax.tree.map(one, tree)
 
 
 def chunked(
@@ -135,20 +194,31 @@ def chunked(
       chunk's tokens i, and each token reads the latest chunk-end state at or before it (the
       chunk's last token reads W_n, the others W_{n−1}). Cheaper: no in-chunk coefficient matrix.
 
+  Inputs may be in half precision; they are computed in the state's float32 dtype, as by
+  ``recurrent`` (``rule.promote``; a half-precision state is refused). ``T = 0`` gives
+  ``ys: [0, d_v]`` and the unchanged state (on the chunk grid for the mini-batch form). A token
+  whose write is not finite (exact form: its key, value or gates; mini-batch form: its gradient
+  or gates) never reaches an earlier output: those stay exact, and its own output, the later ones
+  and the end state are NaN, in every channel (``recurrent`` is non-finite there too, possibly in
+  fewer channels). Softmax attention: a non-finite key or value makes NaN exactly the outputs
+  that attend to it (``attention.attend``).
+
   DGD rules have mini-batch semantics too (gradients at the chunk's base, the decay
   W_{t−1}(α_t I − η'_t k_t k_tᵀ) token by token), evaluated by ``chunk_reference`` (a token scan).
 
   Returns:
     ``(ys, state)`` as ``recurrent``: ``ys: [T, d_v]`` and the state after the last token.
   """
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  _check_chunk_size(chunk_size)
   if write not in ("token", "chunk"):
     raise ValueError(f"write must be 'token' or 'chunk'; got {write!r}")
   rule.check(state, q, k, v, gates)
-  if isinstance(rule, SoftmaxAttention):
-    return _attention_chunked(rule, state, q, k, v, chunk_size, remat)
   gates = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
+  state, q, k, v, gates = promote(state, q, k, v, gates)
+  if isinstance(rule, SoftmaxAttention):
+    if write != "token":
+      raise ValueError("write='chunk' needs a parametric rule; softmax attention writes per token")
+    return _attention_chunked(rule, state, q, k, v, chunk_size, remat)
   if write == "chunk":
     return _per_chunk(rule, state, q, k, v, gates, chunk_size, remat)
   if exact_form_applies(rule):
@@ -271,12 +341,13 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
     w = pre["a_v"] - pre["a_k"] @ w0.T  # [b, d_v]
     return w0 * pre["decay_end"] + w.T @ pre["k_end"], read(w0, pre, w)
 
-  xs = {"q": q, "k": k, "v": v, "write": write, "log_a": log_a}
+  xs = {"k": k, "v": v, "write": write, "log_a": log_a}
   if erase is not None:
     xs["erase"] = erase
   if log_bv is not None:
     xs["log_bv"] = log_bv
-  full, rest = _split(xs, b * n, q.shape[0])
+  xs, alive = _isolate(xs, q.shape[0])
+  full, rest = _split({"q": q, **xs}, b * n, q.shape[0])
   outs, w = [], state.weights
   if full is not None:
     if erase is None:
@@ -306,10 +377,10 @@ def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: boo
     else:
       w, ys = propagate(w, pre)
     outs.append(ys)
-  ys = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+  ys = _poison(_join(outs, v[:0]), alive)
   if n > 1:
-    ys = ys.reshape(t, n, -1)[:, -1]
-  return ys, state._replace(weights=w)
+    ys = ys.reshape(t, n, ys.shape[-1])[:, -1]
+  return ys, state._replace(weights=_poison(w, jnp.all(alive)))
 
 
 def _exact_channel_lr(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
@@ -432,6 +503,9 @@ def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v,
   """Tokens of one chunk (``m = 0``: no-op) from ``state``, gradients at ``base`` (dual form)."""
   lq = isinstance(rule.retention, ret.LqNormalization)
   xs, gs, g = _factors(rule, base.weights, k, v, g)
+  # a token whose gradient factors or gates are not finite stays out of the chunk's matmuls
+  # (``_isolate``); δ only enters through the factors (Yaad's ℓ1 branch keeps an infinite v finite)
+  (xs, gs, g), alive = _isolate((xs, gs, g._replace(delta=None)), q.shape[0])
   momentum = rule.algorithm.has_momentum
   a, b_s, coef, s_row = _coefficients(g, m, momentum)
   start = _leaves(state.accum if lq else state.weights)  # W (A for the ℓq retention) now
@@ -466,7 +540,8 @@ def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v,
       out = out + b_s[:, None] * (h @ s0[l].T)
     return out * inv[l][:, None] if lq else out
 
-  return new, rule.memory.apply(start, q, linear=dual)
+  ys = rule.memory.apply(start, q, linear=dual)
+  return _poison(new, jnp.all(alive)), _poison(ys, alive)
 
 
 def _minibatch_chunk(rule: Rule, carry, c):
@@ -521,7 +596,7 @@ def _minibatch(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
   body = lambda carry, c: _minibatch_chunk(rule, carry, c)
   body = jax.checkpoint(body) if remat else body
   (final, _, last_base), ys = jax.lax.scan(body, (core, base, base), xs)
-  ys = jax.lax.dynamic_slice_in_dim(ys.reshape(n * b, -1), phase, t, axis=0)
+  ys = jax.lax.dynamic_slice_in_dim(ys.reshape(n * b, ys.shape[-1]), phase, t, axis=0)
   end = (phase + t) % b
   chunk_base = _tree_where(end == 0, _boundary(final), last_base)
   return ys, final._replace(chunk_base=chunk_base, chunk_phase=end)
@@ -557,7 +632,7 @@ def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
     return new, ys
 
   full, rest = _split({"q": q, "k": k, "v": v, "g": g}, b, q.shape[0])
-  return _scan_chunks(body, state, full, rest, remat)
+  return _scan_chunks(body, state, full, rest, remat, v[:0])
 
 
 # ================================================================================================
@@ -569,11 +644,15 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
   The semantics of ``chunked``'s mini-batch form (module docstring) written as one ``lax.scan`` over
   tokens with every W_t materialised. Chunk boundaries sit every ``chunk_size`` tokens from the
   start of the sequence; a state returned mid-chunk (``chunk_phase > 0``) continues that chunk.
-  With ``chunk_size=1`` it is ``recurrent``.
+  With ``chunk_size=1`` it is ``recurrent``. Half-precision inputs and ``T = 0`` as in ``chunked``.
   """
+  if not isinstance(rule, Rule):
+    raise ValueError(f"rule must be a parametric Rule; got {type(rule).__name__}")
+  _check_chunk_size(chunk_size)
   rule.check(state, q, k, v, gates)
   g = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
   _check_minibatch(rule, g, serial=True)
+  state, q, k, v, g = promote(state, q, k, v, g)
   t, b = q.shape[0], chunk_size
   if g.lr is None:
     g = g._replace(lr=jnp.full((t,), rule.lr_default, q.dtype))
@@ -640,8 +719,7 @@ def _attention_chunked(rule: SoftmaxAttention, state: KVCache, q, k, v, b: int, 
     mask = valid[None, :] & (pos_k[None, :] <= pos_q[:, None])
     if window is not None:
       mask &= pos_k[None, :] > pos_q[:, None] - window
-    scores = jnp.where(mask, (qc @ keys.T) * scale, -jnp.inf)
-    ys = jax.nn.softmax(scores, axis=-1) @ vals
+    ys = attend(qc, keys, vals, mask, scale)
     idx, keep = ring_write(length, n, cap)  # only the last `cap` tokens survive in the ring
     new = KVCache(
       cache.keys.at[idx].set(kc[n - keep :]), cache.values.at[idx].set(vc[n - keep :]), length + n
@@ -649,4 +727,4 @@ def _attention_chunked(rule: SoftmaxAttention, state: KVCache, q, k, v, b: int, 
     return new, ys
 
   full, rest = _split({"q": q, "k": k, "v": v}, b, q.shape[0])
-  return _scan_chunks(body, state, full, rest, remat)
+  return _scan_chunks(body, state, full, rest, remat, v[:0])

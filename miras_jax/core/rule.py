@@ -219,6 +219,7 @@ class Rule:
     if not isinstance(gates, Gates):
       raise ValueError(f"gates must be a miras_jax.Gates; got {type(gates).__name__}")
     d_k, d_v = self.memory.dims(state.weights)
+    self._check_state(state)
     n = self.algorithm.steps if self.multi_step else None
     _check_array("q", q, 2, f"[T, d_k={d_k}]")
     t = q.shape[0]
@@ -259,7 +260,41 @@ class Rule:
         raise ValueError(
           f"gates.{name} must have shape {' or '.join(map(str, allowed))}; got {got}"
         )
+      if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"gates.{name} must be a floating array; got dtype {value.dtype}")
     check_gate_values(gates)
+
+  def _check_state(self, state: MemoryState) -> None:
+    """The state's fields against those ``init_state`` builds from its weights (same pytree
+    structure, shapes; a floating dtype of at least 32 bits, CONVENTIONS §6)."""
+    for name in ("weights", "accum", "momentum"):
+      for leaf in jax.tree.leaves(getattr(state, name)):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
+          raise ValueError(
+            f"state.{name} must hold float32 or float64 arrays (the state accumulates; half-"
+            f"precision inputs are computed in the state's dtype); got dtype {dtype}"
+          )
+    want = jax.eval_shape(self.init_state, state.weights)
+    for name in ("accum", "momentum"):
+      got, expected = getattr(state, name), getattr(want, name)
+      shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+      if jax.tree.structure(got) != jax.tree.structure(expected) or shapes(got) != shapes(expected):
+        raise ValueError(
+          f"state.{name} must match rule.init_state(weights).{name} of preset '{self.name}' "
+          f"(shapes {shapes(expected)}); got {shapes(got) if got is not None else None}"
+        )
+    if (state.chunk_phase is None) != (state.chunk_base is None):
+      raise ValueError("state.chunk_phase and state.chunk_base must be both given or both None")
+    if state.chunk_phase is not None:
+      phase = state.chunk_phase
+      if jnp.ndim(phase) != 0 or not jnp.issubdtype(jnp.result_type(phase), jnp.integer):
+        raise ValueError(f"state.chunk_phase must be an int scalar; got {phase!r}")
+      base = state.chunk_base
+      if not isinstance(base, MemoryState) or jax.tree.structure(
+        (base.weights, base.accum)
+      ) != jax.tree.structure((state.weights, state.accum)):
+        raise ValueError("state.chunk_base must be a MemoryState(weights, accum) like the state's")
 
   def _retention_shapes(self, t, d_k, linear):
     channels = getattr(self.retention, "channels", "any")
@@ -279,6 +314,21 @@ def _check_array(name, x, rank, desc):
     raise ValueError(f"{name} must be a floating array; got dtype {x.dtype}")
 
 
+def promote(state, *inputs):
+  """Casts the floating leaves of ``state`` and ``inputs`` to one dtype, the widest among them.
+
+  The state is float32 or float64 (``Rule.check``), so half-precision inputs (float16, bfloat16 q,
+  k, v or gates) are computed, and their outputs returned, in the state's dtype (CONVENTIONS §6:
+  float32 state and accumulation): the result equals that of the inputs cast to float32 first, and
+  differs from that of the unrounded float32 inputs by their rounding only (measured on every
+  preset and form with the core tests' inputs: at most 1.0e-3 relative for float16, 1.1e-2 for
+  bfloat16)."""
+  leaves = jax.tree.leaves((state, inputs))
+  dtype = jnp.result_type(*(x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)))
+  cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return jax.tree.map(cast, (state, *inputs))
+
+
 def recurrent(rule, state, q, k, v, gates: Gates, *, read_before_write: bool = False):
   """Token-serial ground truth of a memory rule, built on ``lax.scan``.
 
@@ -293,11 +343,16 @@ def recurrent(rule, state, q, k, v, gates: Gates, *, read_before_write: bool = F
     q, k: ``[T, d_k]``; v: ``[T, d_v]`` (DeltaProduct: ``k: [T, n, d_k]``, ``v: [T, n, d_v]``).
     gates: a ``Gates`` whose fields are ``[T, …]`` arrays or ``None`` where unused.
 
+  Inputs may be in half precision (float16, bfloat16); they are computed in the state's float32
+  (or float64) dtype (``promote``), which is also the dtype of ``ys``. A half-precision state is
+  rejected (``Rule.check``). ``T = 0`` gives ``ys: [0, d_v]`` and the unchanged state.
+
   Returns:
     ``(ys, state)``: outputs ``[T, d_v]`` and the state after the last token.
   """
   rule.check(state, q, k, v, gates)
   gates = Gates(**{f: getattr(gates, f) if f in rule.used_gates else None for f in Gates._fields})
+  state, q, k, v, gates = promote(state, q, k, v, gates)
 
   def step(carry, xs):
     q_t, k_t, v_t, g_t = xs

@@ -41,3 +41,42 @@ def make_inputs(name, t, seed=0, rule=None, lr=0.3, retention=(0.9, 1.0), dtype=
       w0 = jax.tree.map(lambda w: jax.nn.softmax(w, axis=-1), w0)
     state = rule.init_state(jax.tree.map(lambda w: w.astype(dtype), w0))
   return rule, state, f32(q), f32(k), f32(v), gates
+
+
+FORMS = ("recurrent", "chunked", "chunked_write_chunk", "chunk_reference")
+
+
+def call_form(form, rule, state, q, k, v, g, chunk_size=4):
+  """One of the core's forms of ``rule`` (``FORMS``) on one sequence."""
+  if form == "recurrent":
+    return mj.recurrent(rule, state, q, k, v, g)
+  if form == "chunked":
+    return mj.chunked(rule, state, q, k, v, g, chunk_size=chunk_size)
+  if form == "chunked_write_chunk":
+    return mj.chunked(rule, state, q, k, v, g, chunk_size=chunk_size, write="chunk")
+  return mj.chunk_reference(rule, state, q, k, v, g, chunk_size=chunk_size)
+
+
+def used_inputs(name, t, seed=0):
+  """``make_inputs`` with the gates the preset does not use set to None (softmax attention: a
+  cache of 16 slots)."""
+  rule, state, q, k, v, g = make_inputs(name, t, seed)
+  if name == "softmax_attention":
+    state = rule.init_state(D, D, capacity=16)
+  used = rule.used_gates
+  g = mj.Gates(**{f: getattr(g, f) if f in used else None for f in mj.Gates._fields})
+  return rule, state, q, k, v, g
+
+
+def form_cases():
+  """(preset, form) of every form a preset's composition has (a clean call is not refused)."""
+  cases = []
+  for name in mj.presets.names():
+    rule, state, q, k, v, g = used_inputs(name, 1)
+    for form in FORMS:
+      try:
+        call_form(form, rule, state, q, k, v, g)
+      except ValueError:
+        continue
+      cases.append((name, form))
+  return cases

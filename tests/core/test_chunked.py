@@ -280,3 +280,53 @@ def test_per_chunk_write_matches_numpy_and_is_recurrent_at_chunk_one():
   _, mid = mj.chunked(deep, state, q, k, v, g, chunk_size=4)  # carries chunk_phase
   with pytest.raises(ValueError, match="chunk_phase"):
     mj.chunked(deep, mid, q, k, v, g, chunk_size=4, write="chunk")
+
+
+def _chunk_step_lambda_max(k, lr, b):
+  """numpy: λ_max(A_n) of every full chunk, A_n = Σ_i η_i k_i k_iᵀ (the chunk's summed GD step)."""
+  k, lr = np.asarray(k, np.float64), np.asarray(lr, np.float64)
+  n = len(k) // b
+  kc, lc = k[: n * b].reshape(n, b, -1), lr[: n * b].reshape(n, b)
+  return np.linalg.eigvalsh(np.einsum("nbi,nbj,nb->nij", kc, kc, lc))[:, -1]
+
+
+def test_ttt_linear_minibatch_growth_is_its_semantics_and_bounded_by_the_chunk_step():
+  """ttt_linear at chunk 64 grows without bound where recurrent and chunk 16 stay bounded: with a
+  frozen base each chunk is one GD step W_n = W_{n−1}(I − A_n) + …, stable only while
+  λ_max(A_n) ≤ 2. The dual form follows the token-serial ``chunk_reference`` exactly meanwhile (the
+  growth is the semantics, not round-off), and rates scaled to λ_max(A_n) ≤ 2 keep it bounded."""
+  t = 2048
+  with jax.enable_x64(True):
+    rule, state, q, k, v, g = make_inputs("ttt_linear", t, dtype=jnp.float64)
+    yc, _ = jax.jit(lambda g: mj.chunked(rule, state, q, k, v, g, chunk_size=64))(g)
+    yr, _ = mj.chunk_reference(rule, state, q, k, v, g, chunk_size=64)
+    assert np.abs(yr).max() > 1e10  # measured 5.5e13 (float32 overflows near token 5 800)
+    assert rel_err(yc, yr) <= 1e-12
+    assert _chunk_step_lambda_max(k, g.lr, 64).min() > 2  # every chunk expands (mean 4.7)
+    y16, _ = mj.chunked(rule, state, q, k, v, g, chunk_size=16)
+    yt, _ = mj.recurrent(rule, state, q, k, v, g)
+    assert np.abs(y16).max() < 10 and np.abs(yt).max() < 10
+    scale = 2.0 / _chunk_step_lambda_max(k, g.lr, 64).max()
+    ys, _ = jax.jit(lambda g: mj.chunked(rule, state, q, k, v, g, chunk_size=64))(
+      g._replace(lr=g.lr * scale)
+    )
+    assert np.abs(ys).max() < 10
+
+
+@pytest.mark.slow
+def test_ttt_linear_chunk_64_long_stream_float32():
+  """The filer's report, 10^5 tokens in float32: chunk 64 overflows (measured: NaN from token 5 810,
+  ``chunk_reference`` from 5 828), chunk 16 and ``recurrent`` stay finite, and rates bounded by
+  λ_max(A_n) ≤ 2 keep chunk 64 finite."""
+  t = 100_000
+  rule, state, q, k, v, g = make_inputs("ttt_linear", t)
+  y64, _ = mj.chunked(rule, state, q, k, v, g, chunk_size=64)
+  assert not np.all(np.isfinite(y64))
+  for ys in (
+    mj.chunked(rule, state, q, k, v, g, chunk_size=16)[0],
+    mj.recurrent(rule, state, q, k, v, g)[0],
+  ):
+    assert np.all(np.isfinite(ys))
+  scale = 2.0 / _chunk_step_lambda_max(k, g.lr, 64).max()
+  ys, _ = mj.chunked(rule, state, q, k, v, g._replace(lr=g.lr * scale), chunk_size=64)
+  assert np.all(np.isfinite(ys)) and np.abs(ys).max() < 100
