@@ -39,7 +39,14 @@ def _tokens(seed=0, t=T):
 _CASES = [(name, {}) for name in models.names() if name != "hybrid_lm"]
 _CASES.append(("hybrid_lm", {"memory_layers": (1,), "preset": "moneta"}))
 # The CMS in place of the MLP of another model (Nested Learning §7), here MAC's segment blocks.
-_CASES.append(("titans_mac", {"cms": True, "cms_chunk_sizes": (1, 2), "cms_lrs": (0.1, 0.2)}))
+# (slow: the CMS's own decode is tested in tests/nn, MAC's in the case without it)
+_CASES.append(
+  pytest.param(
+    "titans_mac",
+    {"cms": True, "cms_chunk_sizes": (1, 2), "cms_lrs": (0.1, 0.2)},
+    marks=pytest.mark.slow,
+  )
+)
 _call = nnx.jit(lambda m, x, s: m(x, s))
 
 
@@ -84,6 +91,7 @@ def _rope(x, positions):
   return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+@pytest.mark.slow  # tests/models/test_blocks_reference.py checks MAC against Eq 21-25 as well
 def test_mac_block_follows_the_paper_data_flow():
   """MACBlock against Eq 21–25 written out: per segment, S̃ = [p ‖ h ‖ S] built in model space,
   one numpy attention over it with the causal mask, then the memory written with y."""
@@ -161,7 +169,9 @@ def test_block_count_extrapolation_matches_a_full_model():
   assert full == n1 + 2 * (n2 - n1)
 
 
-@pytest.mark.parametrize("name", ["titans_mac", "transformer"])
+@pytest.mark.parametrize(
+  "name", [pytest.param("titans_mac", marks=pytest.mark.slow), "transformer"]
+)
 def test_greedy_generation_equals_argmax_of_full_forwards(name):
   model = _model(name)
   prompt, steps = _tokens(2, t=4), 4

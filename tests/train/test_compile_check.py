@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,6 +17,7 @@ def _run(*args):
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a tool's report; the sharded step itself is tested in test_loop.py
 def test_compile_check_reports_per_device_memory_on_a_2x2x2_mesh():
   small = [
     f"--config.model.overrides.{k}={v}"

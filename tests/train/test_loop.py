@@ -206,7 +206,10 @@ def test_bad_input_gives_clear_errors(tmp_path, data_dir):
   os.sync()
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "m3", "sgd"])
+@pytest.mark.parametrize(
+  "optimizer",
+  [pytest.param("muon", marks=pytest.mark.slow), pytest.param("m3", marks=pytest.mark.slow), "sgd"],
+)
 def test_other_optimizers_train(data_dir, optimizer):
   """The optimizers a config can name besides adamw take finite steps that change the loss (the
   loop around the step is the same for all and is tested above with adamw)."""
@@ -318,6 +321,7 @@ def test_running_a_finished_run_again_changes_nothing(tmp_path, data_dir):
   assert again == first and "eval/accuracy" in again
 
 
+@pytest.mark.slow  # the divergence itself is tested in-process above; this is the exit status
 def test_the_launcher_exits_3_when_training_diverges(tmp_path, data_dir):
   """An sgd step of size 1e30 overflows the parameters at the first step with a non-zero lr."""
   c = _config(data_dir, steps=3)
