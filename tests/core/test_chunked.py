@@ -172,9 +172,9 @@ def test_exact_gradients_equal_recurrent_gradients(name):
     return jnp.sum(jnp.sin(ys)) + jnp.sum(st.weights**2)
 
   args = (state.weights, q, k, v, g)
-  want = jax.grad(lambda *a: loss(mj.recurrent, *a), argnums=(0, 1, 2, 3, 4))(*args)
+  want = jax.jit(jax.grad(lambda *a: loss(mj.recurrent, *a), argnums=(0, 1, 2, 3, 4)))(*args)
   chunk = lambda *a: mj.chunked(*a, chunk_size=4)
-  got = jax.grad(lambda *a: loss(chunk, *a), argnums=(0, 1, 2, 3, 4))(*args)
+  got = jax.jit(jax.grad(lambda *a: loss(chunk, *a), argnums=(0, 1, 2, 3, 4)))(*args)
   assert_trees_rel_close(got, want, 1e-5)
 
 
@@ -187,8 +187,10 @@ def test_minibatch_gradients_equal_reference_gradients():
       return jnp.sum(jnp.sin(ys))
 
     args = (state, q, k, v, g)
-    want = jax.grad(lambda *a: loss(mj.chunk_reference, *a), argnums=(0, 1, 2, 3, 4))(*args)
-    got = jax.grad(lambda *a: loss(mj.chunked, *a), argnums=(0, 1, 2, 3, 4))(*args)
+    want = jax.jit(jax.grad(lambda *a: loss(mj.chunk_reference, *a), argnums=(0, 1, 2, 3, 4)))(
+      *args
+    )
+    got = jax.jit(jax.grad(lambda *a: loss(mj.chunked, *a), argnums=(0, 1, 2, 3, 4)))(*args)
     assert_trees_rel_close(got, want, 1e-9)
 
 

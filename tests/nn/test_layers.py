@@ -110,15 +110,16 @@ def test_attention_decode_and_prefill_equal_full_forward(window, persistent):
     rngs=nnx.Rngs(2),
   )
   x = _x(1)
-  full, _ = layer(x)
+  call = nnx.jit(lambda m, x, cache: m(x, cache))
+  full, _ = call(layer, x, None)
   cache = layer.init_cache(B)
   outs = []
   for t in range(T):
-    y, cache = layer(x[:, t : t + 1], cache)
+    y, cache = call(layer, x[:, t : t + 1], cache)
     outs.append(y)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
-  y1, cache = layer(x[:, :5])  # prefill without a cache returns one
-  y2, cache = layer(x[:, 5:], cache)
+  y1, cache = call(layer, x[:, :5], None)  # prefill without a cache returns one
+  y2, cache = call(layer, x[:, 5:], cache)
   np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), full, rtol=1e-5, atol=1e-5)
 
 

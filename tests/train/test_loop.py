@@ -337,6 +337,7 @@ def test_the_launcher_exits_3_when_training_diverges(tmp_path, data_dir):
   "args, message",
   [
     (["--stpes=3"], "Unknown command line flag 'stpes'"),
+    (["--config.train.stpes=3"], "--config.train.stpes: unknown key 'stpes'; known here:"),
     (["--config.optimizer.lr=-1"], "optimizer.lr = -1.0: must be a finite number in (0, inf)"),
     (["--config.model.overrides.max_lr=5"], "max_lr must be in [0, 1]"),
     (["--workdir=/proc/no/such/dir"], "workdir '/proc/no/such/dir' is not writable"),

@@ -39,7 +39,7 @@ def test_a_finite_step_is_the_optax_update():
     mask = batch["mask"].astype(jnp.float32)
     return jnp.sum(nll * mask) / jnp.sum(mask)
 
-  grads = jax.grad(loss)(state.params)
+  grads = jax.jit(jax.grad(loss))(state.params)
   expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
   chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-6)
   assert int(new.step) == 1
