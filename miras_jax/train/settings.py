@@ -218,9 +218,7 @@ def model_config(model: ModelSettings):
   """The model's config (``models.config``) from ``model``, its errors as ``ConfigError``."""
   from miras_jax import models
 
-  if model.name not in models.names():
-    raise ConfigError(f"model.name = {model.name!r}: must be one of {', '.join(models.names())}")
-  cls = models.config_class(model.name)
+  cls = _config_class(model.name)
   fields = sorted(f.name for f in dataclasses.fields(cls))
   unknown = sorted(set(model.overrides) - set(fields))
   if unknown:
@@ -232,6 +230,15 @@ def model_config(model: ModelSettings):
     return models.config(model.name, model.size, **model.overrides)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"model.overrides ({model.name}, size {model.size}): {e}") from e
+
+
+def _config_class(name: str) -> type:
+  """The config dataclass of model ``name``; an unknown name is a ``ConfigError``."""
+  from miras_jax import models
+
+  if name not in models.names():
+    raise ConfigError(f"model.name = {name!r}: must be one of {', '.join(models.names())}")
+  return models.config_class(name)
 
 
 def _check(run: RunSettings) -> None:
@@ -289,13 +296,7 @@ def apply_overrides(config, assignments) -> None:
     if model_fields:
       import ml_collections
 
-      from miras_jax import models
-
-      if config.model.name not in models.names():
-        raise ConfigError(
-          f"model.name = {config.model.name!r}: must be one of {', '.join(models.names())}"
-        )
-      cls = models.config_class(config.model.name)
+      cls = _config_class(config.model.name)
       types = {f.name: f.type for f in dataclasses.fields(cls)}
       overrides = dict(config.model.overrides.to_dict() if config.model.overrides else {})
       for name, text in model_fields:
