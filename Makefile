@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow lint format contract bench bench-peer clean
+.PHONY: install train test test-slow lint format contract bench bench-peer docs clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ train: $(STAMP)
 	$(BIN)/python -m experiments.train --config=configs/mqar.py --workdir=runs/mqar $(TRAIN_ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 test-slow: $(STAMP)
 	MIRAS_TEST_OPTIMIZED=1 $(BIN)/python -m pytest -m slow
@@ -43,6 +43,15 @@ PEER_MALLOC := MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=1717986
 bench-peer: $(STAMP)
 	$(BIN)/pip install --quiet torch==2.13.0 titans-pytorch
 	$(PEER_MALLOC) $(BIN)/python -m experiments.bench_peer_titans_pytorch
+
+# The documentation site (mkdocs.yml) in strict mode: a broken link, page or API reference fails.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 contract: $(STAMP)
 	$(BIN)/python ../shared/tools/contract_check.py

@@ -10,7 +10,7 @@ from miras_jax.core.attention import KVCache, SoftmaxAttention, softmax_attentio
 from miras_jax.core.chunkwise import chunk_reference, chunked
 from miras_jax.core.gates import Gates
 from miras_jax.core.memory import LinearMemory, MLPMemory
-from miras_jax.core.rule import MemoryState, Rule, recurrent
+from miras_jax.core.rule import MemoryState, Rule, recurrent, surprise
 
 __all__ = [
   "Gates",
@@ -29,4 +29,5 @@ __all__ = [
   "recurrent",
   "retention",
   "softmax_attention",
+  "surprise",
 ]

@@ -362,3 +362,67 @@ def recurrent(rule, state, q, k, v, gates: Gates, *, read_before_write: bool = F
 
   state, ys = jax.lax.scan(step, state, (q, k, v, gates))
   return ys, state
+
+
+def surprise(rule, state, k, v, gates: Gates | None = None):
+  """The surprise of each pair ``(k_t, v_t)`` to the memory ``state``, without writing it.
+
+  Titans §3.1: the momentary surprise of a token is the gradient of the associative loss (Eq 12,
+  ``ℓ(M; k_t, v_t) = ‖M(k_t) − v_t‖²``; here the rule's own attentional bias, e.g. the ℓ2 bias
+  ``½‖M(k) − v‖²``) with respect to the memory's weights, the term that Eq 13 scales by θ_t:
+
+      loss_t  = ℓ(M(W, k_t), v_t)
+      norm_t  = ‖∇_W ℓ(M(W, k_t), v_t)‖      (Frobenius, over all of the memory's weight matrices)
+
+  both at the weights ``W = state.weights``, before clipping (``Rule.grad_clip``) and before any
+  gate scales the gradient. Every pair is scored against the same state, so the surprise before and
+  after a write is ``surprise(rule, state, …)`` and ``surprise(rule, new_state, …)``.
+
+  Args:
+    rule: a parametric ``Rule`` (``miras_jax.presets.get(name)``) with one key per token.
+    state: a ``MemoryState`` (``rule.init_state`` or the state after ``recurrent``/``chunked``).
+    k: ``[T, d_k]`` keys; v: ``[T, d_v]`` values.
+    gates: needed only for a bias with a threshold (Huber): ``gates.delta`` of shape ``[T]`` or
+      ``[T, d_v]``.
+
+  Returns:
+    ``(loss, norm)``, each ``[T]``. The loss is NaN for a bias defined by its update direction
+    only (Yaad's Huber mixture, ``FromOutputGrad``), whose gradient norm is still given.
+  """
+  if not isinstance(rule, Rule):
+    raise ValueError(f"rule must be a parametric Rule; got {type(rule).__name__}")
+  if rule.multi_step:
+    raise ValueError(f"surprise takes one key per token; preset '{rule.name}' writes n per token")
+  if not isinstance(state, MemoryState):
+    raise ValueError(f"state must be a MemoryState (rule.init_state); got {type(state).__name__}")
+  rule._check_state(state)
+  _check_array("k", k, 2, "[T, d_k]")
+  _check_array("v", v, 2, "[T, d_v]")
+  if k.shape[0] != v.shape[0]:
+    raise ValueError(f"k and v must have the same length T; got {k.shape[0]} and {v.shape[0]}")
+  d_k, d_v = rule.memory.dims(state.weights)
+  if k.shape[1] != d_k or v.shape[1] != d_v:
+    raise ValueError(
+      f"k must be [T, {d_k}] and v [T, {d_v}] for this memory; got {tuple(k.shape)} and "
+      f"{tuple(v.shape)}"
+    )
+  delta = None
+  if rule.bias.needs_delta:
+    delta = gates.delta if gates is not None else None
+    if delta is None:
+      raise ValueError(f"gates.delta is required: bias {rule.bias.name} has a threshold δ")
+    if jnp.shape(delta)[:1] != (k.shape[0],):
+      raise ValueError(f"gates.delta must be [T] or [T, d_v]; got shape {jnp.shape(delta)}")
+  state, k, v, delta = promote(state, k, v, delta)
+  weights = state.weights
+
+  def one(k_t, v_t, delta_t):
+    grad = biases.weight_grad(
+      rule.memory, rule.bias, weights, k_t, v_t, delta_t, use_loss=rule.use_loss
+    )
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grad)))
+    if rule.bias.loss is None:
+      return jnp.full((), jnp.nan, norm.dtype), norm
+    return rule.bias.loss(rule.memory.apply(weights, k_t), v_t, delta_t), norm
+
+  return jax.vmap(one)(k, v, delta)

@@ -155,7 +155,7 @@ class GatedBlock(nnx.Module):
 
 
 class MACCache(NamedTuple):
-  memory: NeuralMemoryState  # the memory, written with the attention outputs y (Eq 24)
+  memory: NeuralMemoryState  # the memory, written with y (Eq 24), or z when writes='tokens'
   snapshot: Any  # the memory state at the start of the current segment: M*_{t−1} of Eq 21
   read_conv: jax.Array  # short-conv buffer of the retrieval queries [B, K−1, H·D]
   keys: jax.Array  # [B, 2C, H, D]: slot i holds h_i, slot C + i the segment token i
@@ -181,12 +181,16 @@ class MACBlock(nnx.Module):
   ⊗ is y ⊙ σ(·) on the memory block's normalised, gated output. The memory state is carried
   across segments; attention never looks outside the current segment.
 
+  ``c.writes = "tokens"`` writes the segment's normalised inputs z instead of y (then
+  ``o = y ⊙ σ(M*_t(z))``), as titans-pytorch does; docs/models.md has the measured comparison.
+
   A call without a cache runs the whole segments with ``lax.scan`` over segments and a remainder
   token by token; a call with a cache runs token by token (the segment buffer is the cache).
   """
 
   def __init__(self, c, *, rngs):
     self.segment = c.segment
+    self.write_tokens = c.writes == "tokens"
     self.norm = RMSNorm(c.dim, rngs=rngs)
     self.memory = neural_memory(c, rngs)
     self.attention = Attention(
@@ -217,7 +221,7 @@ class MACBlock(nnx.Module):
       jnp.concatenate([v_h, v_z], 1),
       jnp.concatenate([causal, causal], 1),
     )
-    m, state = self.memory(y, state)
+    m, state = self.memory(z if self.write_tokens else y, state)
     return (state, read_conv), y * jax.nn.sigmoid(m)
 
   def _token(self, cache: MACCache, z):
@@ -234,7 +238,7 @@ class MACBlock(nnx.Module):
     values = cache.values.at[:, j].set(v_h[:, 0]).at[:, c + j].set(v_z[:, 0])
     seen = jnp.arange(c) <= j
     y = self.attention.attend(q, keys, values, jnp.concatenate([seen, seen])[None, :])
-    m, state = self.memory(y, cache.memory)
+    m, state = self.memory(z if self.write_tokens else y, cache.memory)
     new = cache._replace(
       memory=state, snapshot=snapshot, read_conv=read_conv, keys=keys, values=values,
       length=cache.length + 1,

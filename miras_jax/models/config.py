@@ -202,12 +202,18 @@ class TitansMAGConfig(HybridLMConfig):
   )
 
 
+MAC_WRITES = ("attention", "tokens")  # TitansMACConfig.writes
+
+
 @dataclasses.dataclass(frozen=True)
 class TitansMACConfig(MemoryFields):
   """``titans_mac`` (Titans Eq 21–25): memory as context of a segment-wise attention."""
 
   segment: int = 8  # segment length C (attention runs within a segment)
   persistent: int = 4  # learned persistent tokens N_p (Titans Eq 19)
+  # what the memory learns (Eq 24): "attention" the attention outputs y (the paper), "tokens" the
+  # segment's normalised inputs z (titans-pytorch's choice; docs/models.md)
+  writes: str = "attention"
 
   SIZE_FIELDS: ClassVar[dict] = _paper(
     (1920, 2304, 4032, 5376), _HYBRID_LAYERS, segment=1024, persistent=32
@@ -215,6 +221,8 @@ class TitansMACConfig(MemoryFields):
 
   def _check(self):
     super()._check()
+    if self.writes not in MAC_WRITES:
+      raise ValueError(f"TitansMACConfig.writes must be one of {MAC_WRITES}; got {self.writes!r}")
     if self.segment < 1:
       raise ValueError(f"TitansMACConfig.segment must be >= 1; got {self.segment}")
     if self.persistent < 0:

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  c = _config(workdir / "tfds", steps=2, checkpoint_every=2)
+  # the run of tests/train/test_loop.py's first end-to-end test: its programs are in the cache
+  c = _config(workdir / "tfds", steps=4, eval_every=2)
   train(c, str(workdir))
   return workdir, c
 
@@ -26,7 +27,7 @@ def run_dir(tmp_path_factory):
 def test_evaluate_scores_every_task_and_length(run_dir):
   workdir, c = run_dir
   out = meval.evaluate(c, str(workdir), tasks=("mqar",), lengths=(16, 32), examples=8, batch_size=4)
-  assert out["step"] == 2 and [r["length"] for r in out["results"]] == [16, 32]
+  assert out["step"] == 4 and [r["length"] for r in out["results"]] == [16, 32]
   for r in out["results"]:
     assert 0.0 <= r["exact_match"] <= r["token_accuracy"] <= 1.0 and np.isfinite(r["loss"])
   assert json.loads((workdir / "eval.json").read_text())["results"] == out["results"]
@@ -62,5 +63,5 @@ def test_launcher_writes_eval_json_and_plot(run_dir):
   cmd += [f"--config.data.options.{k}={v}" for k, v in c.data.options.items()]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 2
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 4
   assert (workdir / "eval.png").exists()

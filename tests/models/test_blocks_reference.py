@@ -84,12 +84,19 @@ def test_mag_block_gates_attention_with_the_memory():
   chex.assert_trees_all_close(_run(block, x), _mlp(block, want), rtol=TOL, atol=TOL)
 
 
-def test_mac_block_follows_eq_21_to_25():
+@pytest.mark.parametrize("writes", ["attention", "tokens"])
+def test_mac_block_follows_eq_21_to_25(writes):
   """Two whole segments and a partial one (T = 10, C = 4): the attention of each segment sees the
   persistent tokens, h_j (RoPE position j) and z_j (position C + j) for j ≤ i; the memory is read at
-  the segment start and written with the attention outputs, its state carried across segments."""
+  the segment start and written with the attention outputs (``writes="tokens"``: with the segment's
+  normalised inputs), its state carried across segments."""
   block = _block(
-    "titans_mac", **MEMORY, preset="titans_lmm", segment=SEGMENT, persistent=PERSISTENT
+    "titans_mac",
+    **MEMORY,
+    preset="titans_lmm",
+    segment=SEGMENT,
+    persistent=PERSISTENT,
+    writes=writes,
   )
   x = _x(2)
   z = ref.rms_norm(x, block.norm)
@@ -113,7 +120,8 @@ def test_mac_block_follows_eq_21_to_25():
       np.concatenate([causal, causal], 1),
       n_persistent=PERSISTENT,
     )  # (22–23)
-    m, state = memory(y, state)  # (24): the memory learns y; (25): its read after each write
+    # (24): the memory learns y (or z); (25): its read after each write
+    m, state = memory(y if writes == "attention" else zs, state)
     out.append(y * ref.sigmoid(m))
   want = x + np.concatenate(out, 1)
   chex.assert_trees_all_close(_run(block, x), _mlp(block, want), rtol=TOL, atol=TOL)

@@ -50,9 +50,15 @@ _CASES.append(
 _call = nnx.jit(lambda m, x, s: m(x, s))
 
 
+# One block per model (a block's own cache is what decoding continues), two where the layers'
+# caches must be kept apart: miras_lm, and hybrid_lm whose second layer alone has a memory.
+_TWO_LAYERS = ("miras_lm", "hybrid_lm")
+
+
 @pytest.mark.parametrize("name,overrides", _CASES, ids=lambda c: str(c))
 def test_decode_and_prefill_equal_forward_and_causal(name, overrides):
-  model = _model(name, **overrides)
+  layers = 2 if name in _TWO_LAYERS else 1
+  model = _model(name, **{"layers": layers, **overrides})
   x = _tokens()
   logits = assert_streams_like_forward(model, x, model.init_cache(B), split=4)
   chex.assert_shape(logits, (B, T, V))

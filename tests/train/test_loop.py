@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,9 +106,10 @@ def test_train_writes_metrics_and_checkpoints_and_resumes(tmp_path, data_dir):
   assert list((workdir / "tensorboard").iterdir())
   assert json.loads((workdir / "summary.json").read_text())["step"] == 4
   assert {p.name for p in (workdir / "checkpoints").iterdir()} >= {"2", "4"}
-  summary = train(_config(data_dir, steps=6), str(workdir))  # resumes at 4
-  assert summary["step"] == 6 and summary["steps"] == 2
-  assert sorted(_losses(workdir)) == [1, 2, 3, 4, 5, 6]
+  # resumes at 4 (16 steps: the program test_ctrl_c_… compiles too, shared through the cache)
+  summary = train(_config(data_dir, steps=16, checkpoint_every=6), str(workdir))
+  assert summary["step"] == 16 and summary["steps"] == 12
+  assert sorted(_losses(workdir)) == list(range(1, 17))
 
 
 def _launch(c, workdir, steps):
@@ -135,33 +137,64 @@ def _finish(proc, timeout=300):
   return out
 
 
-def test_ctrl_c_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir):
+def _interrupt_after_checkpoint(workdir, step, timeout=240):
+  """Sends this process SIGINT (Ctrl-C) once checkpoint ``step`` of ``workdir`` is committed."""
+
+  def watch():
+    done = Path(workdir) / "checkpoints" / str(step) / "commit_success.txt"
+    start = time.monotonic()
+    while not done.exists() and time.monotonic() - start < timeout:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+  thread = threading.Thread(target=watch, daemon=True)
+  thread.start()
+  return thread
+
+
+def test_ctrl_c_saves_and_a_killed_run_resumes_bit_for_bit(tmp_path, data_dir, capfd):
   steps, every = 16, 4  # checkpoints are the slow part of a tiny run: few of them
   c = _config(data_dir, checkpoint_every=every, steps=steps)
   reference = tmp_path / "reference"
-  train(c, str(reference))  # uninterrupted, in this process
+  train(c, str(reference))  # uninterrupted
   run = tmp_path / "run"
   # Ctrl-C (SIGINT; SIGTERM takes the same path, test_stop_handles_sigterm_and_sigint): a clean
-  # exit with a checkpoint at the step it stopped after
-  proc = _launch(c, run, 100_000)
-  _wait_for_checkpoint(proc, run, every)
-  proc.send_signal(signal.SIGINT)
-  _finish(proc)
-  summary = json.loads((run / "summary.json").read_text())
+  # return with a checkpoint at the step it stopped after (here in this process: the signal path
+  # is the launcher's, which only adds the exit status)
+  long = _config(data_dir, checkpoint_every=every, steps=100_000)
+  thread = _interrupt_after_checkpoint(run, every)
+  summary = train(long, str(run))
+  thread.join()
   assert summary["status"] == "preempted"
   stopped = summary["step"]
+  assert json.loads((run / "summary.json").read_text())["step"] == stopped
   assert (run / "checkpoints" / str(stopped) / "commit_success.txt").exists()
-  # resume, then kill -9 after the next checkpoint; restart with the reference's command
+  # resume through the launcher, then kill -9 after the next checkpoint
   proc = _launch(c, run, 100_000)
   _wait_for_checkpoint(proc, run, (stopped // every + 1) * every)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  out = _finish(_launch(c, run, steps))
-  assert _losses(run) == _losses(reference)  # every step once, equal bit for bit
+  out = proc.stdout.read()
   # Quiet by default: the run's own lines only (no absl/Orbax INFO lines, e.g. "I1201 12:00…").
+  assert "resumed from step" in out
   assert not [x for x in out.splitlines() if re.match(r"I\d{4} ", x)], out
-  assert "resumed from step" in out and f"step {steps}/{steps}" in out
+  capfd.readouterr()
+  train(c, str(run))  # restart with the reference's config: every step once, equal bit for bit
+  assert f"step {steps}/{steps}" in capfd.readouterr().err
+  assert _losses(run) == _losses(reference)
   assert sorted(_losses(run)) == list(range(1, steps + 1))
+
+
+@pytest.mark.slow  # the in-process test above covers the stop and resume; this one the exit status
+def test_the_launcher_exits_0_on_ctrl_c_with_a_checkpoint(tmp_path, data_dir):
+  run = tmp_path / "run"
+  proc = _launch(_config(data_dir, checkpoint_every=2), run, 100_000)
+  _wait_for_checkpoint(proc, run, 2)
+  proc.send_signal(signal.SIGINT)
+  _finish(proc)  # exit status 0
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["status"] == "preempted"
+  assert (run / "checkpoints" / str(summary["step"]) / "commit_success.txt").exists()
 
 
 def test_stop_handles_sigterm_and_sigint():
@@ -313,7 +346,7 @@ def test_skip_mode_skips_and_counts_then_stops_past_the_limit(tmp_path, data_dir
 
 
 def test_running_a_finished_run_again_changes_nothing(tmp_path, data_dir):
-  c = _config(data_dir, steps=2, eval_every=2)
+  c = _config(data_dir, steps=4, eval_every=2)  # the programs of the test above
   first = train(c, str(tmp_path / "run"))
   written = (tmp_path / "run" / "summary.json").read_text()
   again = train(c, str(tmp_path / "run"))
