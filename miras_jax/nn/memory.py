@@ -88,7 +88,8 @@ def softplus_inverse(y: float) -> float:
 
 
 class NeuralMemory(nnx.Module):
-  """Multi-head memory block for any preset (``presets.get(preset, **preset_options)``).
+  """Multi-head memory block for any preset (``presets.get(preset, **preset_options)``), or for a
+  ``Rule`` of your own passed as ``preset`` (composed from the four MIRAS choices; used as given).
 
   Gates: η = max_lr · σ(·), α and μ = σ(·), δ = softplus(·), each from a rank-``gate_rank``
   projection of x: one value per head and token, or ``head_dim`` values for the gates named in
@@ -115,7 +116,7 @@ class NeuralMemory(nnx.Module):
     heads: int,
     head_dim: int,
     *,
-    preset: str = "titans_lmm",
+    preset: str | mj.Rule = "titans_lmm",
     preset_options: dict | None = None,
     chunk_size: int = 64,
     conv_kernel: int = 4,
@@ -127,11 +128,16 @@ class NeuralMemory(nnx.Module):
     rngs: nnx.Rngs,
   ):
     options = dict(preset_options or {})
-    self.rule = mj.presets.get(preset, **options)
-    if not isinstance(self.rule, mj.Rule):
-      raise ValueError(f"preset must be a parametric memory; got {preset!r} (use nn.Attention)")
-    if "grad_clip" not in options and default_grad_clip(self.rule) is not None:
-      self.rule = mj.presets.get(preset, grad_clip=default_grad_clip(self.rule), **options)
+    if isinstance(preset, mj.Rule):  # a rule of your own, used as given (no block default clip)
+      if options:
+        raise ValueError("preset_options apply to a preset name; set them on the Rule instead")
+      self.rule = preset
+    else:
+      self.rule = mj.presets.get(preset, **options)
+      if not isinstance(self.rule, mj.Rule):
+        raise ValueError(f"preset must be a parametric memory; got {preset!r} (use nn.Attention)")
+      if "grad_clip" not in options and default_grad_clip(self.rule) is not None:
+        self.rule = mj.presets.get(preset, grad_clip=default_grad_clip(self.rule), **options)
     if isinstance(self.rule.algorithm, mj.algorithms.MultiStepGD):
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size

@@ -1,6 +1,8 @@
-"""The notebooks of examples/ run from a fresh kernel (nbclient), and what they print holds: the
-surprise falls after the writes, chunked == recurrent, two halves of the pipeline == one call, the
-models' losses fall and the decoded model recalls."""
+"""The notebooks of examples/ run from a fresh kernel (nbclient), and what they print holds.
+quickstart: the surprise falls after the writes, chunked == recurrent, two halves of the pipeline
+== one call, the models' losses fall and the trained model recalls above chance. custom_rule: the
+composed rule equals a numpy loop of its equation, chunked == chunk_reference, every parameter of
+its layer gets a gradient."""
 
 import re
 from pathlib import Path
@@ -41,3 +43,11 @@ def test_quickstart_runs_and_its_claims_hold(quickstart):
   # Moneta, Yaad, Memora, M3 and the decoded model
   assert len(falls) == 5 and all(float(b) < float(a) for a, b in falls), falls
   assert _numbers(r"recall accuracy on 32 new sequences: ([\d.]+)", out)[0] >= 2 * 0.0625
+
+
+def test_custom_rule_matches_its_equation_in_every_form():
+  out = _run("custom_rule.ipynb")
+  assert _numbers(r"max \|recurrent − numpy\| = ([\d.e-]+)", out)[0] < 1e-5
+  assert _numbers(r"max \|chunked − chunk_reference\| = ([\d.e-]+)", out)[0] < 1e-5
+  assert _numbers(r"max \|chunked\(chunk 1\) − recurrent\| = ([\d.e-]+)", out)[0] < 1e-5
+  assert "parameters without a gradient: 0" in out

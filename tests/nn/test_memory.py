@@ -1,5 +1,7 @@
 """NeuralMemory: decoding token by token and prefill + continue equal the full forward; causality;
-gradients reach every parameter; logical axis names."""
+gradients reach every parameter; logical axis names; a Rule instance as the preset."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import miras_jax as mj
 from miras_jax.nn.memory import NeuralMemory
 from tests.streaming import assert_streams_like_forward
 
@@ -67,3 +70,24 @@ def test_params_have_logical_axes_and_bad_presets_raise():
     _layer("softmax_attention", {})
   with pytest.raises(ValueError, match="delta_product"):
     _layer("delta_product", {})
+
+
+def test_a_rule_instance_is_used_as_given():
+  """A ``Rule`` passed as ``preset`` gives the layer of the preset it equals (same parameters, same
+  outputs); here a composed rule that is Gated DeltaNet, and one that is not."""
+  x = _x(3)
+  call = nnx.jit(lambda m, x: m(x)[0])
+  by_name = call(_layer("gated_delta_net", {}), x)
+  rule = mj.Rule(
+    "my_gdn",
+    mj.LinearMemory(),
+    mj.biases.L2(),
+    mj.retention.Decay("scalar"),
+    mj.algorithms.GD(),
+    grad_at="decayed",
+  )
+  np.testing.assert_allclose(call(_layer(rule, {}), x), by_name, rtol=1e-6, atol=1e-6)
+  other = dataclasses.replace(rule, grad_at="previous")  # the gradient at W_{t−1}
+  assert not np.allclose(call(_layer(other, {}), x), by_name, atol=1e-4)
+  with pytest.raises(ValueError, match="preset_options apply to a preset name"):
+    _layer(rule, {"grad_clip": 1.0})
