@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from miras_jax.core.attention import ring_slots, ring_write
@@ -128,6 +129,9 @@ class KVCache(NamedTuple):
   length: jax.Array
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")  # Attention(implementation=)
+
+
 class Attention(nnx.Module):
   """Causal multi-head softmax attention with RoPE, an optional sliding window and persistent tokens.
 
@@ -137,6 +141,11 @@ class Attention(nnx.Module):
   decode or prefill and returns the cache after the call; the cache keeps the last ``capacity``
   tokens (the window unless given; full attention needs ``capacity``, the longest sequence, or
   returns no cache when called without one).
+
+  ``implementation``: "auto" (default) computes softmax(q kᵀ/√D) v with
+  ``jax.nn.dot_product_attention``, which picks a fused kernel where the platform has one (cuDNN
+  on GPU) and XLA otherwise; "xla" or "cudnn" ask for one; "reference" is the einsum form written
+  out here, the one the others are tested against.
   """
 
   def __init__(
@@ -149,8 +158,14 @@ class Attention(nnx.Module):
     n_persistent=0,
     capacity=None,
     rope_base=10000.0,
+    implementation="auto",
     rngs,
   ):
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(
+        f"implementation must be one of {ATTENTION_IMPLEMENTATIONS}; got {implementation!r}"
+      )
+    self.implementation = implementation
     if window is not None and window < 1:
       raise ValueError(f"window must be >= 1 or None; got {window}")
     if capacity is not None and capacity < 1:
@@ -195,9 +210,19 @@ class Attention(nnx.Module):
       )
       keys, vals = jnp.concatenate([pk, keys], 1), jnp.concatenate([pv, vals], 1)
       mask = jnp.concatenate([jnp.ones((t, p.shape[0]), bool), mask], axis=1)
-    scores = jnp.einsum("bthd,bshd->bhts", q, keys) / jnp.sqrt(self.head_dim).astype(q.dtype)
-    scores = jnp.where(mask[None, None], scores, -jnp.inf)
-    y = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), vals)
+    if self.implementation == "reference":
+      scores = jnp.einsum("bthd,bshd->bhts", q, keys) / jnp.sqrt(self.head_dim).astype(q.dtype)
+      scores = jnp.where(mask[None, None], scores, -jnp.inf)
+      y = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), vals)
+    else:
+      y = jax.nn.dot_product_attention(
+        q,
+        keys,
+        vals,
+        mask=mask[None, None],
+        scale=1.0 / float(np.sqrt(self.head_dim)),
+        implementation=None if self.implementation == "auto" else self.implementation,
+      )
     return self.o(y.reshape(b, t, -1))
 
   def __call__(self, x, cache: KVCache | None = None):

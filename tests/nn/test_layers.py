@@ -135,3 +135,26 @@ def test_attention_is_causal_and_windowed():
   assert not np.allclose(earlier[:, 4:7], y[:, 4:7])
   with pytest.raises(ValueError, match="capacity"):
     nn.Attention(E, H, D, rngs=nnx.Rngs(0)).init_cache(B)
+
+
+@pytest.mark.parametrize("window,persistent", [(None, 0), (3, 2)])
+def test_dot_product_attention_equals_the_written_out_reference(window, persistent):
+  """The default path (jax.nn.dot_product_attention) against implementation="reference" with the
+  same parameters: a fresh call, and a prefill continued from its cache."""
+  make = lambda impl: nn.Attention(
+    E, H, D, window=window, n_persistent=persistent, capacity=T, implementation=impl,
+    rngs=nnx.Rngs(4),
+  )  # fmt: skip
+  x = _x(2)
+
+  @nnx.jit
+  def run(layer, x):
+    full, _ = layer(x)
+    y1, cache = layer(x[:, :5], None)
+    y2, _ = layer(x[:, 5:], cache)
+    return full, jnp.concatenate([y1, y2], 1)
+
+  for got, want in zip(run(make("auto"), x), run(make("reference"), x), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    make("flash")
