@@ -151,7 +151,9 @@ def compile_check(config, mesh_sizes: dict[str, int]) -> dict:
   seq_len = _seq_len(run)
 
   start = time.perf_counter()
-  model_config, graphdef, tx, _, abstract, shardings = build(run, mesh)
+  built = build(run, mesh)
+  model_config, graphdef, tx = built.model_config, built.graphdef, built.tx
+  abstract, shardings = built.abstract, built.shardings
   build_s = time.perf_counter() - start
 
   batch_sh = mesh_lib.batch_sharding(mesh)

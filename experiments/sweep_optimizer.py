@@ -104,7 +104,8 @@ def first_step(config) -> dict:
     config.optimizer.warmup_steps = 0  # the peak lr from the first step
     config.optimizer.min_lr_ratio = 1.0
   run = settings_from_config(config)
-  _, graphdef, tx, init, _, _ = build(run, mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  built = build(run, mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  graphdef, tx, init = built.graphdef, built.tx, built.init
   state = init(jax.random.key(run.train.seed))
   source, _ = _sources(run, _workdir(run.data.data_dir))
   batch = {k: jnp.asarray(v) for k, v in next(_loader(source, run, seed=run.train.seed, eval_=False)).items()}  # fmt: skip

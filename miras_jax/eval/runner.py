@@ -56,7 +56,13 @@ TASKS = {
 
 
 def _restore(run: RunSettings, workdir: Path, mesh):
-  model_config, graphdef, _, _, abstract, shardings = build(run, mesh)
+  built = build(run, mesh)
+  model_config, graphdef, abstract, shardings = (
+    built.model_config,
+    built.graphdef,
+    built.abstract,
+    built.shardings,
+  )
   checkpoints = Checkpointer(str(workdir / "checkpoints"), async_save=False)
   try:
     restored = checkpoints.restore(abstract)

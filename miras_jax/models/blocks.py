@@ -181,8 +181,10 @@ class MACBlock(nnx.Module):
   ⊗ is y ⊙ σ(·) on the memory block's normalised, gated output. The memory state is carried
   across segments; attention never looks outside the current segment.
 
-  ``c.writes = "tokens"`` writes the segment's normalised inputs z instead of y (then
-  ``o = y ⊙ σ(M*_t(z))``), as titans-pytorch does; docs/models.md has the measured comparison.
+  ``c.writes`` chooses what the memory learns: "attention" is the paper's y (Eq 24); "tokens", the
+  default, writes the segment's normalised inputs z instead (then ``o = y ⊙ σ(M*_t(z))``), as
+  titans-pytorch does. On MQAR-64 the paper's form stays near chance where the default learns
+  (docs/models.md).
 
   A call without a cache runs the whole segments with ``lax.scan`` over segments and a remainder
   token by token; a call with a cache runs token by token (the segment buffer is the cache).

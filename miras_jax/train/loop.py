@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +110,18 @@ def _gather_json(obj) -> list:
   return [json.loads(bytes(rows[i, : sizes[i]]).decode()) for i in range(len(sizes))]
 
 
-def build(run: RunSettings, mesh):
+class Built(NamedTuple):
+  """What ``build`` makes of a run's settings on a mesh."""
+
+  model_config: Any  # the model's frozen config dataclass
+  graphdef: Any  # nnx.GraphDef of the model (merged with params inside the step)
+  tx: optax.GradientTransformation  # the optimizer, schedule included
+  init: Any  # key -> TrainState: a fresh state (jit it with out_shardings=shardings)
+  abstract: TrainState  # the state's ShapeDtypeStructs, each with its sharding
+  shardings: TrainState  # the state's shardings
+
+
+def build(run: RunSettings, mesh) -> Built:
   """Model graph, optimizer, abstract sharded train state and its shardings."""
   m = run.model
   model_config = models.config(m.name, m.size, **m.overrides)
@@ -141,7 +152,7 @@ def build(run: RunSettings, mesh):
   abstract = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
-  return model_config, graphdef, tx, init, abstract, shardings
+  return Built(model_config, graphdef, tx, init, abstract, shardings)
 
 
 class _Stop:
@@ -215,7 +226,9 @@ def train(config, workdir: str) -> dict[str, Any]:
     raise ValueError(
       f"train.batch_size ({t.batch_size}) must be divisible by the {jax.process_count()} processes"
     )
-  model_config, graphdef, tx, init, abstract, shardings = build(run, mesh)
+  built = build(run, mesh)
+  model_config, graphdef, tx, init = built.model_config, built.graphdef, built.tx, built.init
+  abstract, shardings = built.abstract, built.shardings
   if run.data.name == "mqar" and run.data.options.get("vocab", 0) > model_config.vocab:
     raise ValueError(
       f"data.options.vocab ({run.data.options['vocab']}) exceeds the model's vocab "

@@ -4,8 +4,8 @@ the memory rules from the core's token-serial references):
 
 - hybrid_lm, titans_mal (Eq 29–31): x += Mem(norm x); x += SWA*(norm x); x += SwiGLU(norm x)
 - titans_mag (Eq 26–28): z = norm x; x += RMSNorm(SWA*(z)) ⊙ σ(RMSNorm(Mem(z))); x += SwiGLU(norm x)
-- titans_mac (Eq 21–25), per segment: h = M*_{t−1}(q(z)); y = Attn([p ‖ h ‖ z]); write y; x += y ⊙
-  σ(Mem(y)); then x += SwiGLU(norm x)
+- titans_mac (Eq 21–25), per segment: h = M*_{t−1}(q(z)); y = Attn([p ‖ h ‖ z]); write y (the paper)
+  or z (the default); x += y ⊙ σ(Mem(y or z)); then x += SwiGLU(norm x)
 - hope (Eq 94–97): x += SelfModTitans(norm x); x += CMS(norm x)
 - hope_attention (§8.3): x += Attn(norm x); x += CMS(norm x)
 """

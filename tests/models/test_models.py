@@ -102,7 +102,7 @@ def test_mac_block_follows_the_paper_data_flow():
   """MACBlock against Eq 21–25 written out: per segment, S̃ = [p ‖ h ‖ S] built in model space,
   one numpy attention over it with the causal mask, then the memory written with y."""
   seg, n_seg = 3, 2
-  model = _model("titans_mac", segment=seg, layers=1)
+  model = _model("titans_mac", segment=seg, layers=1, writes="attention")  # the paper's Eq 24
   block = model.blocks[0]
   x = jnp.asarray(np.random.default_rng(5).normal(size=(B, seg * n_seg, 16)), jnp.float32)
   got, _ = nnx.jit(lambda b, x: b(x))(block, x)

@@ -77,7 +77,8 @@ def test_sharded_steps_match_a_single_device(data_dir):
     ("single", mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])),
     ("2x2x2", mesh_lib.make_mesh(2, 2, 2)),
   ]:
-    _, graphdef, tx, init, _, shardings = build(run, mesh)
+    built = build(run, mesh)
+    graphdef, tx, init, shardings = built.graphdef, built.tx, built.init, built.shardings
     if name == "2x2x2":  # the parameters really are split over fsdp and tensor
       specs = {tuple(s.spec) for s in jax.tree.leaves(shardings.params)}
       assert ("fsdp", "tensor") in specs and ("tensor", "fsdp") in specs, specs
@@ -248,7 +249,8 @@ def test_other_optimizers_train(data_dir, optimizer):
   loop around the step is the same for all and is tested above with adamw)."""
   c = _config(data_dir)
   c.optimizer.name = optimizer
-  _, graphdef, tx, init, _, _ = build(settings_from_config(c), mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))  # fmt: skip
+  built = build(settings_from_config(c), mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  graphdef, tx, init = built.graphdef, built.tx, built.init
   state = init(jax.random.key(0))
   step = jax.jit(make_train_step(graphdef, tx))
   batch = mdata.mqar(1, 8, _DATA["seq_len"], _DATA["vocab"], _DATA["num_pairs"])
