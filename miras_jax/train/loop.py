@@ -47,15 +47,11 @@ from miras_jax.models.blocks import MACBlock
 from miras_jax.nn.memory import NeuralMemory
 from miras_jax.train import mesh as mesh_lib
 from miras_jax.train.checkpoint import Checkpointer
-from miras_jax.train.metrics import (
-  MetricsWriter,
-  Progress,
-  gate_statistics,
-  lm_flops_per_token,
-  mfu,
-  peak_flops_per_device,
-)
+from miras_jax.train.flops import lm_flops_per_token, mfu, peak_flops_per_device
+from miras_jax.train.gate_stats import gate_statistics
+from miras_jax.train.metrics import MetricsWriter
 from miras_jax.train.optimizer import make_optimizer, schedule
+from miras_jax.train.progress import Progress
 from miras_jax.train.settings import RunSettings, settings_from_config
 from miras_jax.train.step import TrainState, make_eval_step, make_train_step
 

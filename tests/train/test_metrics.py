@@ -1,39 +1,27 @@
-"""``miras_jax.train.metrics``: JSONL/TensorBoard writer, progress line, FLOPs/MFU, gate statistics.
+"""``miras_jax.train.metrics``: the JSONL/TensorBoard writer.
 
 - ``MetricsWriter``: JSONL lines parse (NaN/inf as null), resume appends, ``truncate_after``
   rewrites atomically, only process 0 writes; the TensorBoard event files are read back with a
   TFRecord reader written here (own CRC32C, ``Event`` proto decoding), not with tensorboardX's
   writer code, including the purge marker written after ``truncate_after``.
-- ``Progress`` with an injected clock: line format, the first (compile) interval kept out of the
-  rate, the moving window, ``every``, ``summary``.
-- ``mfu``/``peak_flops_per_device``/``lm_flops_per_token`` on hand-computed examples.
-- ``gate_statistics`` on NumPy, JAX, bfloat16, nested and traced inputs.
+- gate statistics computed under jit go straight to the writer.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import json
 import math
 import os
 import struct
-import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miras_jax.train import metrics
-from miras_jax.train.metrics import (
-  MetricsWriter,
-  Progress,
-  gate_statistics,
-  lm_flops_per_token,
-  mfu,
-  peak_flops_per_device,
-)
+from miras_jax.train.gate_stats import gate_statistics
+from miras_jax.train.metrics import MetricsWriter
 
 # ------------------------------------------------------------------------------------------------
 # An event-file reader independent of tensorboardX's writer: TFRecord framing + CRC32C.
@@ -216,162 +204,6 @@ def test_truncate_everything(tmp_path):
     assert w.truncate_after(0) == 1
     w.write(1, {"loss": 0.5})
   assert _lines(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 0.5}]
-
-
-# ------------------------------------------------------------------------------------------------
-# Progress
-# ------------------------------------------------------------------------------------------------
-
-
-class _FakeClock:
-  def __init__(self):
-    self.t = 0.0
-
-  def __call__(self) -> float:
-    return self.t
-
-
-def test_progress_line_and_compile_step_excluded():
-  clock, out = _FakeClock(), io.StringIO()
-  p = Progress(100, tokens_per_step=1000, stream=out, clock=clock)
-  clock.t = 30.0  # step 1 includes 30 s of compilation
-  assert p.update(1, 5.0) == "step 1/100  loss 5.0000  -- tok/s  ETA --"
-  clock.t = 30.5
-  p.update(2, jnp.float32(4.5))
-  clock.t = 31.0
-  line = p.update(3, np.float32(4.25), {"lr": 3e-4})
-  # 2 steps in 1 s after the first update: 2000 tok/s (with the compile step: 3 steps / 31 s).
-  assert line == "step 3/100  loss 4.2500  2.0k tok/s  ETA 49s  lr 0.0003"
-  assert out.getvalue().splitlines()[-1] == line
-  assert len(out.getvalue().splitlines()) == 3
-  assert p.tokens_per_second() == pytest.approx(2000.0)
-  clock.t = 40.0
-  s = p.summary()
-  assert s["steps"] == 3 and s["total_time_s"] == 40.0 and s["first_update_s"] == 30.0
-  assert s["tokens_per_s"] == pytest.approx(2000.0) and s["steps_per_s"] == pytest.approx(2.0)
-
-
-def test_progress_moving_window_every_and_eta():
-  clock, out = _FakeClock(), io.StringIO()
-  p = Progress(1000, tokens_per_step=4096, stream=out, every=10, window=2, clock=clock)
-  t = 0.0
-  for step in range(1, 21):
-    t += 60.0 if step == 1 else (1.0 if step <= 18 else 0.1)  # slow, then fast last 2 steps
-    clock.t = t
-    line = p.update(step, 2.0)
-    assert (line is None) == (step % 10 != 0)
-  # The window holds the last 2 intervals (0.1 s each): 10 steps/s, 40.96k tok/s.
-  assert p.steps_per_second() == pytest.approx(10.0)
-  assert line == "step 20/1000  loss 2.0000  41.0k tok/s  ETA 1m38s"
-  assert len(out.getvalue().splitlines()) == 2
-  s = p.summary()  # steady state: 19 steps in 17.2 s
-  assert s["steps_per_s"] == pytest.approx(19 / 17.2)
-  assert s["steps"] == 20
-
-
-def test_progress_last_step_and_resume():
-  clock, out = _FakeClock(), io.StringIO()
-  p = Progress(25, tokens_per_step=10, stream=out, every=10, start_step=20, clock=clock)
-  for step in range(21, 26):
-    clock.t += 1.0
-    line = p.update(step, 1.0)
-  assert line == "step 25/25  loss 1.0000  10 tok/s  ETA 0s"  # total_steps always prints
-  assert p.summary()["steps"] == 5
-
-
-def test_progress_default_stream_is_stderr_at_print_time(capsys):
-  Progress(2, tokens_per_step=1).update(1, 1.0)
-  assert capsys.readouterr().err == "step 1/2  loss 1.0000  -- tok/s  ETA --\n"
-
-
-def test_format_helpers():
-  assert metrics._format_rate(950) == "950"
-  assert metrics._format_rate(12_345) == "12.3k"
-  assert metrics._format_rate(2.5e6) == "2.5M"
-  assert metrics._format_duration(83) == "1m23s"
-  assert metrics._format_duration(59.6) == "1m00s"
-  assert metrics._format_duration(5000) == "1h23m"
-  assert metrics._format_duration(90_000) == "1d01h"
-
-
-# ------------------------------------------------------------------------------------------------
-# FLOPs and MFU
-# ------------------------------------------------------------------------------------------------
-
-
-def _device(kind: str, platform: str = "gpu"):
-  return types.SimpleNamespace(device_kind=kind, platform=platform)
-
-
-def test_peak_flops_table():
-  h100 = _device("NVIDIA H100 80GB HBM3")
-  assert peak_flops_per_device(h100) == 989.5e12
-  assert peak_flops_per_device(h100, dtype=jnp.float32) == 67e12
-  assert peak_flops_per_device(h100, dtype="tf32") == 494.5e12
-  assert peak_flops_per_device(_device("NVIDIA H100 PCIe")) == 756.5e12
-  assert peak_flops_per_device(_device("NVIDIA H200")) == 989.5e12
-  assert peak_flops_per_device(_device("NVIDIA H200 NVL")) == 835.5e12
-  assert peak_flops_per_device(_device("NVIDIA A100-SXM4-80GB"), dtype="fp32") == 19.5e12
-  assert peak_flops_per_device(_device("NVIDIA A100 80GB PCIe"), dtype=jnp.bfloat16) == 312e12
-  for kind, peak in [("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12)]:
-    assert peak_flops_per_device(_device(kind, "tpu")) == peak
-  assert peak_flops_per_device(_device("TPU v6 lite", "tpu")) == 918e12
-  assert peak_flops_per_device(_device("TPU v6 lite", "tpu"), dtype="float32") is None
-  assert peak_flops_per_device(_device("NVIDIA GeForce RTX 4090")) is None
-  assert peak_flops_per_device(_device("TPU v4 lite", "tpu")) is None
-  assert peak_flops_per_device(_device("cpu", "cpu")) is None
-  assert peak_flops_per_device() is None  # the test platform is CPU
-  with pytest.raises(ValueError):
-    peak_flops_per_device(h100, dtype="int8")
-
-
-def test_mfu_hand_example():
-  # 8 x H100 SXM at 50k tok/s on a 1B-parameter model, 6e9 FLOPs/token:
-  # 5e4 * 6e9 = 3e14 FLOP/s over 8 * 989.5e12 = 7.916e15 FLOP/s -> 3.7898 %.
-  peak = peak_flops_per_device(_device("NVIDIA H100 80GB HBM3")) * 8
-  assert mfu(5e4, 6e9, peak) == pytest.approx(3e14 / 7.916e15)
-  assert mfu(5e4, 6e9, peak) == pytest.approx(0.037898, rel=1e-4)
-  assert mfu(1000.0, 1e9, 4e12) == 0.25
-  assert mfu(1000.0, 1e9) is None  # CPU: peak unknown, MFU not reported
-  assert mfu(None, 1e9, 4e12) is None
-  with pytest.raises(ValueError):
-    mfu(1.0, 1.0, 0.0)
-
-
-def test_lm_flops_per_token_hand_example():
-  # N = 1e6, L = 2, E = 64, T = 128: 6N = 6e6; 12 L E T = 12*2*64*128 = 196,608.
-  assert lm_flops_per_token(1_000_000, 2, 64, 128, attention_window=None) == 6_196_608
-  assert lm_flops_per_token(1_000_000, 2, 64, 128, attention_window=32) == 6_000_000 + 49_152
-  assert lm_flops_per_token(1_000_000, 2, 64, 128, attention_window=4096) == 6_196_608
-  assert lm_flops_per_token(1_000_000, 2, 64, 128) == 6_000_000  # window 0: no softmax attention
-  with pytest.raises(ValueError):
-    lm_flops_per_token(1, 1, 1, 1, attention_window=-1)
-
-
-# ------------------------------------------------------------------------------------------------
-# Gate statistics
-# ------------------------------------------------------------------------------------------------
-
-
-def test_gate_statistics_values():
-  gates = {
-    "lr": np.array([[0.1, 0.2], [0.3, 0.4]]),
-    "retention": jnp.array([0.5, 0.9, 1.0], jnp.bfloat16),
-    "layer": {"momentum": jnp.arange(4.0)},
-  }
-  stats = gate_statistics(gates)
-  assert set(stats) == {
-    f"gate/{n}/{s}" for n in ("lr", "retention", "layer/momentum") for s in ("mean", "min", "max")
-  }
-  assert stats["gate/lr/mean"] == pytest.approx(0.25)
-  assert stats["gate/lr/min"] == pytest.approx(0.1) and stats["gate/lr/max"] == pytest.approx(0.4)
-  assert stats["gate/retention/mean"] == pytest.approx(0.8, abs=2e-3)  # bf16 inputs
-  assert (stats["gate/retention/min"], stats["gate/retention/max"]) == (0.5, 1.0)
-  assert stats["gate/layer/momentum/mean"] == 1.5
-  assert (stats["gate/layer/momentum/min"], stats["gate/layer/momentum/max"]) == (0.0, 3.0)
-  assert all(type(v) is float for v in stats.values())
-  with pytest.raises(ValueError, match="empty"):
-    gate_statistics({"lr": np.zeros((0,))})
 
 
 def test_gate_statistics_under_jit(tmp_path):
