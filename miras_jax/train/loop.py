@@ -353,10 +353,13 @@ def train(config, workdir: str) -> dict[str, Any]:
   if status == "diverged":
     summary["diverged_step"] = guard.diverged_step
     summary["last_checkpoint"] = last_saved
+    saved = (
+      f"the last checkpoint is step {last_saved}" if last_saved is not None else "no checkpoint"
+    )
     logging.error(
       "diverged at step %d (non-finite loss, gradient or parameters; train.on_nonfinite=%r, "
-      "%d step(s) not applied); nothing saved after it; the last checkpoint is step %s",
-      guard.diverged_step, t.on_nonfinite, guard.skipped, last_saved,
+      "%d step(s) not applied); nothing saved after it; %s",
+      guard.diverged_step, t.on_nonfinite, guard.skipped, saved,
     )  # fmt: skip
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
