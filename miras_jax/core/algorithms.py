@@ -32,6 +32,10 @@ def _scaled(grad, scale):
   return jax.tree.map(lambda x: -scale * x, grad)
 
 
+def _same_rate(lr, k):
+  return lr
+
+
 @dataclasses.dataclass(frozen=True)
 class GD:
   """Δ_t = −η_t ∇_t."""
@@ -40,6 +44,13 @@ class GD:
   gates = ("lr",)
   has_momentum = False
   steps = 1
+  multi_step = False
+  channel_lr = True
+  needs_layer_inputs = False
+  needs_linear_l2 = False
+  exact_form = True
+  minibatch = "dual"
+  exact_rate = staticmethod(_same_rate)
 
   def step(self, grad, momentum, g, k, base=None, inputs=None):
     return _scaled(grad, g.lr), None
@@ -53,6 +64,13 @@ class Momentum:
   gates = ("lr", "momentum")
   has_momentum = True
   steps = 1
+  multi_step = False
+  channel_lr = True
+  needs_layer_inputs = False
+  needs_linear_l2 = False
+  exact_form = False  # (W, S) is linear too, but no exact chunkwise form is written for it
+  minibatch = "dual"
+  exact_rate = staticmethod(_same_rate)
 
   def step(self, grad, momentum, g, k, base=None, inputs=None):
     new = jax.tree.map(lambda s, x: g.momentum * s - g.lr * x, momentum, grad)
@@ -67,9 +85,20 @@ class ImplicitGD:
   gates = ("lr",)
   has_momentum = False
   steps = 1
+  multi_step = False
+  channel_lr = False
+  needs_layer_inputs = False
+  needs_linear_l2 = True
+  exact_form = True
+  minibatch = None
 
   def step(self, grad, momentum, g, k, base=None, inputs=None):
     return _scaled(grad, g.lr / (1.0 + g.lr * jnp.vdot(k, k))), None
+
+  @staticmethod
+  def exact_rate(lr, k):
+    """ω_t = η_t / (1 + η_t ‖k_t‖²) for keys ``k: [..., d_k]``."""
+    return lr / (1.0 + lr * jnp.sum(k * k, axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +130,13 @@ class DGD:
     return self.momentum
 
   steps = 1
+  multi_step = False
+  channel_lr = False
+  needs_layer_inputs = True
+  needs_linear_l2 = False
+  exact_form = False
+  minibatch = "reference"  # the rank-1 decay W(αI − η'kkᵀ) has no dual form here
+  exact_rate = staticmethod(_same_rate)
 
   def step(self, grad, momentum, g, k, base=None, inputs=None):
     if base is None or inputs is None:
@@ -133,6 +169,14 @@ class MultiStepGD:
 
   gates = ("lr",)
   has_momentum = False
+  multi_step = True
+  channel_lr = False
+  needs_layer_inputs = False
+  needs_linear_l2 = False
+  exact_form = True  # runs as Gated DeltaNet on its T·n sub-steps
+  minibatch = None
+  exact_rate = staticmethod(_same_rate)
 
-
-Algorithm = GD | Momentum | ImplicitGD | DGD | MultiStepGD
+  def step(self, grad, momentum, g, k, base=None, inputs=None):
+    """One of the n sub-steps, Δ = −η_{t,i} ∇ (``g.lr`` is that sub-step's rate)."""
+    return _scaled(grad, g.lr), None

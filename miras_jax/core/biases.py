@@ -42,6 +42,9 @@ class DotProduct:
 
   name = "dot_product"
   needs_delta = False
+  channel_delta = False
+  exact_write = "hebbian"
+  error_power = 0.0
 
   def loss(self, pred, v, delta=None):
     return -jnp.vdot(pred, v)
@@ -56,6 +59,9 @@ class L2:
 
   name = "l2"
   needs_delta = False
+  channel_delta = False
+  exact_write = "delta"
+  error_power = 1.0
 
   def loss(self, pred, v, delta=None):
     return 0.5 * jnp.sum(jnp.square(pred - v))
@@ -87,6 +93,12 @@ class Lp:
     return f"lp(p={self.p:g}{', smooth' if self.smooth else ''})"
 
   needs_delta = False
+  channel_delta = False
+  exact_write = None
+
+  @property
+  def error_power(self) -> float:
+    return self.p - 1.0
 
   def _abs(self, e):
     return jnp.sqrt(jnp.square(e) + self.eps) if self.smooth else jnp.abs(e)
@@ -137,6 +149,12 @@ class Huber:
     return f"huber({self.variant})"
 
   needs_delta = True
+  exact_write = None
+  error_power = 1.0  # at most: the ℓ1 branch's signal does not grow
+
+  @property
+  def channel_delta(self) -> bool:
+    return self.variant in ("coord", "mixture")
 
   @staticmethod
   def _h(a, delta):
@@ -178,6 +196,9 @@ class RobustL2:
 
   name = "robust_l2"
   needs_delta = False
+  channel_delta = False
+  exact_write = None
+  error_power = 1.0
 
   def loss(self, pred, v, delta=None):
     e = pred - v
@@ -196,6 +217,10 @@ class FromLoss:
   name: str = "custom_loss"
   needs_delta: bool = False
 
+  channel_delta = False
+  exact_write = None
+  error_power = None
+
   @property
   def loss(self):
     return self.fn
@@ -210,6 +235,10 @@ class FromOutputGrad:
   fn: Callable
   name: str = "custom_rule"
   needs_delta: bool = False
+
+  channel_delta = False
+  exact_write = None
+  error_power = None
 
   loss = None
 

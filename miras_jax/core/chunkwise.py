@@ -68,12 +68,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from miras_jax.core import algorithms as algos
 from miras_jax.core import biases
 from miras_jax.core import retention as ret
 from miras_jax.core.attention import KVCache, SoftmaxAttention, attend, ring_slots, ring_write
 from miras_jax.core.gates import Gates
-from miras_jax.core.memory import LinearMemory
 from miras_jax.core.rule import MemoryState, Rule, clip_scale, promote
 
 _TINY = 1e-30  # α is clamped here before the log, so that α = 0 gives a finite log decay
@@ -92,13 +90,11 @@ def exact_form_applies(rule: Rule) -> bool:
     isinstance(rule, Rule)
     and rule.chunk_form != "minibatch"
     and rule.grad_clip is None  # a clipped write is not linear in the state
-    and isinstance(rule.memory, LinearMemory)
-    and isinstance(rule.algorithm, (algos.GD, algos.ImplicitGD, algos.MultiStepGD))
-    and isinstance(rule.retention, (ret.Decay, ret.NoRetention))
-    and isinstance(rule.bias, (biases.DotProduct, biases.L2))
-    and not (
-      isinstance(rule.bias, biases.L2) and getattr(rule.retention, "channels", "") == "key_value"
-    )
+    and rule.memory.linear_in_state
+    and rule.algorithm.exact_form
+    and rule.retention.linear_in_state
+    and rule.bias.exact_write is not None
+    and not (rule.bias.exact_write == "delta" and rule.retention.channels == "key_value")
   )
 
 
@@ -223,7 +219,7 @@ def chunked(
     return _per_chunk(rule, state, q, k, v, gates, chunk_size, remat)
   if exact_form_applies(rule):
     return _exact(rule, state, q, k, v, gates, chunk_size, remat)
-  if isinstance(rule.algorithm, algos.DGD):  # the rank-1 decay W(αI − η'kkᵀ) has no dual form here
+  if rule.algorithm.minibatch == "reference":  # e.g. DGD: W(αI − η'kkᵀ) has no dual form here
     return chunk_reference(rule, state, q, k, v, gates, chunk_size=chunk_size)
   return _minibatch(rule, state, q, k, v, gates, chunk_size, remat)
 
@@ -278,23 +274,22 @@ def _exact_inputs(rule: Rule, q, k, v, g: Gates):
     k = 1.0 - g.retention
   log_a = _log(g.retention) if g.retention is not None else jnp.zeros((t,), q.dtype)
   log_bv = _log(g.retention_value) if g.retention_value is not None else None
-  if isinstance(rule.algorithm, algos.MultiStepGD):  # DeltaProduct → Gated DeltaNet on T·n steps
+  if rule.multi_step:  # DeltaProduct → Gated DeltaNet on T·n steps
     n = rule.algorithm.steps
     zeros = jnp.zeros((t, n - 1), q.dtype)
     log_a = jnp.concatenate([log_a[:, None], zeros], axis=1).reshape(t * n)
     q = jnp.concatenate([jnp.zeros((t, n - 1, q.shape[-1]), q.dtype), q[:, None]], 1)
     q, k, v, lr = (x.reshape(t * n, *x.shape[2:]) for x in (q, k, v, lr))
-  if isinstance(rule.algorithm, algos.ImplicitGD):
-    lr = lr / (1.0 + lr * jnp.sum(k * k, axis=-1))
-  erase = lr if isinstance(rule.bias, biases.L2) else None
+  lr = rule.algorithm.exact_rate(lr, k)  # Longhorn's implicit step: η / (1 + η‖k‖²)
+  erase = lr if rule.bias.exact_write == "delta" else None
   return q, k, v, lr, erase, log_a, log_bv
 
 
 def _exact(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat: bool):
-  if g.lr is not None and g.lr.ndim == 2 and not isinstance(rule.algorithm, algos.MultiStepGD):
+  if g.lr is not None and g.lr.ndim == 2 and not rule.multi_step:
     return _exact_channel_lr(rule, state, q, k, v, g, b, remat)
   t = q.shape[0]
-  n = rule.algorithm.steps if isinstance(rule.algorithm, algos.MultiStepGD) else 1
+  n = rule.algorithm.steps if rule.multi_step else 1
   decayed = rule.grad_at == "decayed"
   q, k, v, write, erase, log_a, log_bv = _exact_inputs(rule, q, k, v, g)
 
@@ -402,15 +397,13 @@ def _exact_channel_lr(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int,
 # ================================================================================================
 def _check_minibatch(rule: Rule, g: Gates, *, serial: bool = False):
   """``serial``: the token-serial reference, which also runs DGD (its decay is not a scalar)."""
-  excluded = (algos.ImplicitGD, algos.MultiStepGD) + (() if serial else (algos.DGD,))
-  if rule.grad_at != "previous" or isinstance(rule.algorithm, excluded):
+  forms = ("dual", "reference") if serial else ("dual",)
+  if rule.grad_at != "previous" or rule.algorithm.minibatch not in forms:
     raise ValueError(
       f"{rule.name}: no chunked form for this composition (grad_at={rule.grad_at}, "
       f"{rule.algorithm.name}); use recurrent"
     )
-  if not isinstance(
-    rule.retention, (ret.Decay, ret.NoRetention, ret.LqNormalization, ret.KLSoftmax)
-  ):
+  if rule.retention.minibatch is None:
     raise ValueError(
       f"{rule.name}: no chunked form for retention {rule.retention.name}; use recurrent"
     )
@@ -501,7 +494,7 @@ def _boundary(state: MemoryState) -> MemoryState:
 
 def _minibatch_inner(rule: Rule, state: MemoryState, base: MemoryState, q, k, v, g, m):
   """Tokens of one chunk (``m = 0``: no-op) from ``state``, gradients at ``base`` (dual form)."""
-  lq = isinstance(rule.retention, ret.LqNormalization)
+  lq = rule.retention.minibatch == "normalised"
   xs, gs, g = _factors(rule, base.weights, k, v, g)
   # a token whose gradient factors or gates are not finite stays out of the chunk's matmuls
   # (``_isolate``); δ only enters through the factors (Yaad's ℓ1 branch keeps an infinite v finite)
@@ -548,7 +541,7 @@ def _minibatch_chunk(rule: Rule, carry, c):
   """One chunk: carry = (state, base for this chunk, base of the last chunk with real tokens)."""
   state, base, last_base = carry
   q, k, v, g, m = c["q"], c["k"], c["v"], c["g"], c["m"]
-  if isinstance(rule.retention, ret.KLSoftmax):  # Memora's lag token: the exact update
+  if rule.retention.minibatch == "lag":  # Memora's lag token: the exact update
     lag = m[0] > 0
     cand = rule.write(state, k[0], v[0], jax.tree.map(lambda x: x[0], g))
     state = _tree_where(lag, cand, state)
@@ -609,7 +602,7 @@ def _per_chunk(rule: Rule, state: MemoryState, q, k, v, g: Gates, b: int, remat:
       "write='chunk' starts its chunks at the call: pass a state without chunk_phase"
     )
   _check_minibatch(rule, g)
-  if not isinstance(rule.retention, (ret.Decay, ret.NoRetention)):
+  if not rule.retention.linear_in_state:
     raise ValueError(f"{rule.name}: write='chunk' supports decay or no retention only")
   if g.lr is None:
     g = g._replace(lr=jnp.full(q.shape[:1], rule.lr_default, q.dtype))
@@ -656,8 +649,8 @@ def chunk_reference(rule: Rule, state: MemoryState, q, k, v, gates: Gates, *, ch
   t, b = q.shape[0], chunk_size
   if g.lr is None:
     g = g._replace(lr=jnp.full((t,), rule.lr_default, q.dtype))
-  lq = isinstance(rule.retention, ret.LqNormalization)
-  lag = isinstance(rule.retention, ret.KLSoftmax)
+  lq = rule.retention.minibatch == "normalised"
+  lag = rule.retention.minibatch == "lag"
   inner = ret.Decay("scalar") if lag else rule.retention  # Memora's in-chunk (linear) retention
   phase, base, _ = _phase_and_base(state)
   core = state._replace(chunk_base=None, chunk_phase=None)

@@ -44,8 +44,8 @@ class LinearMemory:
   """Matrix memory ``M(x) = W x`` with ``W: [d_v, d_k]``."""
 
   name = "linear"
-
   depth = 1
+  linear_in_state = True
 
   def apply(self, weights: jax.Array, x: jax.Array, *, linear=None) -> jax.Array:
     """``M(x) = W x`` for ``x: [..., d_k]``; ``linear(l, w, h)`` overrides the matmul (dual forms)."""
@@ -78,6 +78,8 @@ class MLPMemory:
   activation: str = "gelu"  # σ between layers: gelu (exact), silu, relu, tanh
   residual_ln: bool = False  # Moneta/Yaad/Memora form x + LN(W_out σ(W_in x)); needs d_k = d_v
   ln_eps: float = 1e-5  # epsilon of the parameter-free LayerNorm
+
+  linear_in_state = False
 
   def __post_init__(self):
     if self.depth < 1:
@@ -150,6 +152,3 @@ class MLPMemory:
     if self.residual_ln and d_k != d_v:
       raise ValueError(f"a residual_ln memory needs d_k == d_v; got d_k={d_k}, d_v={d_v}")
     return d_k, d_v
-
-
-Memory = LinearMemory | MLPMemory

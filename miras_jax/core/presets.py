@@ -53,6 +53,7 @@ from miras_jax.core import algorithms as algos
 from miras_jax.core import biases
 from miras_jax.core import retention as ret
 from miras_jax.core.attention import SoftmaxAttention
+from miras_jax.core.interfaces import Memory
 from miras_jax.core.memory import LinearMemory, MLPMemory
 from miras_jax.core.rule import Rule
 
@@ -99,7 +100,7 @@ def resolve_memory(memory, default):
     return default
   if memory == "linear":
     return LinearMemory()
-  if isinstance(memory, (LinearMemory, MLPMemory)):
+  if isinstance(memory, Memory):  # LinearMemory, MLPMemory or one of your own
     return memory
   if isinstance(memory, dict):
     return MLPMemory(**memory)

@@ -63,10 +63,18 @@ class NoRetention:
 
   name = "none"
   gates = ()
+  optional_gates = ()
+  channels = "any"
   has_accum = False
+  linear_in_state = True
+  minibatch = "linear"
+  domain = "real"
 
   def init(self, weights):
     return weights, None
+
+  def to_domain(self, raw):
+    return raw
 
   def decay(self, weights, g):
     return weights
@@ -98,10 +106,17 @@ class Decay:
   def gates(self):
     return ("retention", "retention_value") if self.channels == "key_value" else ("retention",)
 
+  optional_gates = ()
   has_accum = False
+  linear_in_state = True
+  minibatch = "linear"
+  domain = "real"
 
   def init(self, weights):
     return weights, None
+
+  def to_domain(self, raw):
+    return raw
 
   def decay(self, weights, g):
     return scale_by_retention(weights, g)
@@ -150,7 +165,15 @@ class LqNormalization:
     return f"lq(q={self.q:g}{f', eps={self.eps:g}' if self.eps else ''})"
 
   gates = ("retention",)
+  optional_gates = ()
+  channels = "any"
   has_accum = True
+  linear_in_state = False
+  minibatch = "normalised"  # reads scale A by the last boundary's 1/‖A‖^{q−2} (``scale``)
+  domain = "real"
+
+  def to_domain(self, raw):
+    return raw
 
   def scale(self, accum: jax.Array) -> jax.Array:
     """The normaliser of one weight matrix, ``1 / max(‖A‖_q, ε)^{q−2}``."""
@@ -188,10 +211,19 @@ class KLSoftmax:
 
   name = "kl_softmax"
   gates = ("retention",)
+  optional_gates = ()
+  channels = "any"
   has_accum = False
+  linear_in_state = False
+  minibatch = "lag"  # MIRAS Eq 30–32: the chunk's first token exact, the rest a linear decay
+  domain = "simplex"
 
   def init(self, weights):
     return weights, None
+
+  def to_domain(self, raw):
+    """Rows of mass c: ``c · softmax`` over each row of the raw logits."""
+    return self.c * jax.nn.softmax(raw, axis=-1)
 
   def write(self, weights, accum, step, g):
     log_w = jax.tree.map(lambda w: jnp.log(jnp.maximum(w, self.eps)), weights)
@@ -228,10 +260,18 @@ class ElasticNet:
     return f"elastic_net(gamma={self.gamma:g}{', smooth' if self.smooth else ''})"
 
   gates = ()
+  optional_gates = ("retention",)  # α_t = 1 when absent
+  channels = "any"
+  linear_in_state = False
+  minibatch = None
+  domain = "real"
 
   @property
   def has_accum(self) -> bool:
     return self.ftrl
+
+  def to_domain(self, raw):
+    return raw
 
   def _threshold(self, tree):
     return jax.tree.map(lambda z: soft_threshold(z, self.gamma, self.smooth), tree)
@@ -258,7 +298,15 @@ class BregmanSigmoid:
 
   name = "bregman_sigmoid"
   gates = ()
+  optional_gates = ()
+  channels = "any"
   has_accum = True
+  linear_in_state = False
+  minibatch = None
+  domain = "unit_interval"
+
+  def to_domain(self, raw):
+    return jax.nn.sigmoid(raw)
 
   def init(self, weights):
     return weights, jax.tree.map(lambda w: jnp.log(w) - jnp.log1p(-w), weights)
@@ -266,6 +314,3 @@ class BregmanSigmoid:
   def write(self, weights, accum, step, g):
     logits = jax.tree.map(jnp.add, accum, step)
     return jax.tree.map(jax.nn.sigmoid, logits), logits
-
-
-Retention = NoRetention | Decay | LqNormalization | KLSoftmax | ElasticNet | BregmanSigmoid

@@ -29,11 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from miras_jax.core import algorithms as algos
 from miras_jax.core import biases
-from miras_jax.core import retention as ret
 from miras_jax.core.gates import Gates, check_gate_values, concrete
-from miras_jax.core.memory import LinearMemory
+from miras_jax.core.interfaces import (
+  AttentionalBias,
+  LearningAlgorithm,
+  Memory,
+  RetentionGate,
+  require,
+)
 
 
 class MemoryState(NamedTuple):
@@ -69,10 +73,10 @@ class Rule:
   """One memory rule = memory architecture × attentional bias × retention gate × algorithm."""
 
   name: str  # preset name, used in error messages
-  memory: Any  # LinearMemory | MLPMemory
-  bias: Any  # an attentional bias from biases.py
-  retention: Any  # a retention gate from retention.py
-  algorithm: Any  # a learning algorithm from algorithms.py
+  memory: Memory  # e.g. LinearMemory, MLPMemory (memory.py)
+  bias: AttentionalBias  # e.g. L2, Lp, Huber (biases.py)
+  retention: RetentionGate  # e.g. Decay, LqNormalization, KLSoftmax (retention.py)
+  algorithm: LearningAlgorithm  # e.g. GD, Momentum, DGD (algorithms.py)
   grad_at: str = "previous"  # "previous" (W_{t-1}) or "decayed" (α_t W_{t-1}) gradient base point
   lr_default: float | None = None  # used when gates.lr is None; None makes gates.lr required
   key_from_retention: bool = False  # HGRN2: the key is 1 − α_t and the given k is ignored
@@ -81,49 +85,56 @@ class Rule:
   grad_clip: float | None = None  # max norm of one token's inner gradient ∇_t (None: no clipping)
 
   def __post_init__(self):
+    require(self.memory, Memory, "memory")
+    require(self.bias, AttentionalBias, "bias")
+    require(self.retention, RetentionGate, "retention")
+    require(self.algorithm, LearningAlgorithm, "algorithm")
     if self.grad_clip is not None and not self.grad_clip > 0:
       raise ValueError(f"grad_clip must be > 0 or None; got {self.grad_clip!r}")
     if self.chunk_form not in ("auto", "minibatch"):
       raise ValueError(f"chunk_form must be 'auto' or 'minibatch'; got {self.chunk_form!r}")
     if self.grad_at not in ("previous", "decayed"):
       raise ValueError(f"grad_at must be 'previous' or 'decayed'; got {self.grad_at!r}")
-    decays = isinstance(self.retention, (ret.Decay, ret.NoRetention))
+    decays = self.retention.linear_in_state
     if (self.grad_at == "decayed" or self.multi_step) and not decays:
       raise ValueError(
         f"{self.name}: a decayed gradient base point or multi-step GD needs Decay or NoRetention "
         f"retention; got {self.retention.name}"
       )
-    if isinstance(self.algorithm, algos.ImplicitGD) and not (
-      isinstance(self.memory, LinearMemory) and isinstance(self.bias, biases.L2)
+    if self.algorithm.needs_linear_l2 and not (
+      self.memory.linear_in_state and self.bias.exact_write == "delta"
     ):
-      raise ValueError(f"{self.name}: implicit GD is closed-form only for a linear memory and l2")
+      raise ValueError(
+        f"{self.name}: {self.algorithm.name} takes an implicit GD step, closed-form only for a "
+        "linear memory and l2"
+      )
     if self.use_loss and self.bias.loss is None:
       raise ValueError(f"{self.name}: bias {self.bias.name} has no loss (use_loss=True)")
 
   # ----------------------------------------------------------------------------------------------
   @property
   def multi_step(self) -> bool:
-    return isinstance(self.algorithm, algos.MultiStepGD)
+    return self.algorithm.multi_step
 
   @property
   def channel_lr(self) -> bool:
     """Whether ``gates.lr`` may be channel-wise, ``[T, d_v]`` (MIRAS §5.4): one rate per output
     channel of the memory, scaling that channel's error signal (``_grad``). GD and momentum only
     (implicit GD, DGD and multi-step GD normalise a scalar rate)."""
-    return isinstance(self.algorithm, (algos.GD, algos.Momentum)) and not self.key_from_retention
+    return self.algorithm.channel_lr and not self.key_from_retention
 
   @property
   def channel_delta(self) -> bool:
     """Whether ``gates.delta`` may be channel-wise, ``[T, d_v]`` (Huber coord and mixture)."""
-    return isinstance(self.bias, biases.Huber) and self.bias.variant in ("coord", "mixture")
+    return self.bias.channel_delta
 
   @property
   def optional_gates(self) -> tuple[str, ...]:
     """Gates used when given and defaulted otherwise (lr → ``lr_default``; retention → none)."""
     opt = ("lr",) if self.lr_default is not None else ()
-    if self.multi_step or isinstance(self.retention, ret.ElasticNet):
+    if self.multi_step:  # DeltaProduct's decay is optional (DeltaNet-style when absent)
       opt += ("retention",)
-    return opt
+    return tuple(dict.fromkeys(opt + tuple(self.retention.optional_gates)))
 
   @property
   def required_gates(self) -> tuple[str, ...]:
@@ -140,16 +151,15 @@ class Rule:
     """State at t = 0 from the initial weights (for ℓq retention: A_0, and W_0 is derived)."""
     self.memory.dims(weights)
     weights = jax.tree.map(jnp.asarray, weights)
-    if isinstance(self.retention, (ret.KLSoftmax, ret.BregmanSigmoid)):
+    domain = self.retention.domain
+    if domain in ("simplex", "unit_interval"):
       for leaf in jax.tree.leaves(weights):
         arr = concrete(leaf)
         if arr is not None and not np.all(arr > 0):
           raise ValueError(
             f"{self.name}: weights must be positive (log W is taken); got min {arr.min():.3g}"
           )
-        if (
-          arr is not None and isinstance(self.retention, ret.BregmanSigmoid) and not np.all(arr < 1)
-        ):
+        if arr is not None and domain == "unit_interval" and not np.all(arr < 1):
           raise ValueError(f"{self.name}: weights must lie in (0, 1); got max {arr.max():.3g}")
     w, accum = self.retention.init(weights)
     momentum = jax.tree.map(jnp.zeros_like, w) if self.algorithm.has_momentum else None
@@ -180,7 +190,7 @@ class Rule:
 
   def _inputs(self, weights, k):
     """Each weight matrix's input when reading k (only DGD uses them)."""
-    return self.memory.layer_inputs(weights, k) if isinstance(self.algorithm, algos.DGD) else None
+    return self.memory.layer_inputs(weights, k) if self.algorithm.needs_layer_inputs else None
 
   def write(self, state: MemoryState, k: jax.Array, v: jax.Array, g: Gates) -> MemoryState:
     """One token's write (see the module docstring); ``g`` holds this token's gates."""
@@ -192,7 +202,8 @@ class Rule:
       w = state.weights if g.retention is None else self.retention.decay(state.weights, g)
       for i in range(self.algorithm.steps):  # n is small and static: unrolled
         grad, _ = self._grad(w, k[i], v[i], g)
-        w = jax.tree.map(lambda a, b, lr=g.lr[i]: a - lr * b, w, grad)
+        step, _ = self.algorithm.step(grad, None, g._replace(lr=g.lr[i]), k[i])
+        w = jax.tree.map(jnp.add, w, step)
       return state._replace(weights=w)
     if self.grad_at == "decayed":
       base = self.retention.decay(state.weights, g)
@@ -243,7 +254,7 @@ class Rule:
     for name in self.required_gates:
       if getattr(gates, name) is None:
         raise ValueError(f"gates.{name} is required by preset '{self.name}' and is None")
-    linear = isinstance(self.memory, LinearMemory)
+    linear = self.memory.linear_in_state
     shapes = {
       "lr": [(t, n)] if n else [(t,), (t, d_v)] if self.channel_lr else [(t,)],
       "momentum": [(t,)],
@@ -297,7 +308,7 @@ class Rule:
         raise ValueError("state.chunk_base must be a MemoryState(weights, accum) like the state's")
 
   def _retention_shapes(self, t, d_k, linear):
-    channels = getattr(self.retention, "channels", "any")
+    channels = self.retention.channels
     if self.key_from_retention or channels in ("key", "key_value"):
       return [(t, d_k)]
     if channels == "scalar" or not linear:

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 import miras_jax as mj
-from miras_jax.core import retention as ret
 from miras_jax.core.chunkwise import exact_form_applies
 from miras_jax.nn.layers import Linear, LowRankGate, RMSNorm, ShortConv, l2_normalize, param
 
@@ -53,11 +52,11 @@ def default_max_lr(rule) -> float:
   """The block's default cap of η: 1 for linear memories, 0.1 for MLP memories, 0.01 for an MLP
   memory with an ℓp bias of p > 2 (Moneta), whose inner gradient grows like |e|^{p−1}, or with
   the KL / softmax retention (Memora)."""
-  if not isinstance(rule.memory, mj.MLPMemory):
+  if rule.memory.linear_in_state:
     return 1.0
-  if isinstance(rule.bias, mj.biases.Lp) and rule.bias.p > 2:
+  if (rule.bias.error_power or 0.0) > 1.0:  # ℓp with p > 2
     return 0.01
-  if isinstance(rule.retention, ret.KLSoftmax):
+  if rule.retention.domain == "simplex":
     return 0.01
   return 0.1
 
@@ -70,16 +69,16 @@ def default_grad_clip(rule) -> float | None:
   with the ℓ2 bias and a decay or no retention (Titans LMM, TTT-MLP), None (off, as in the papers)
   otherwise. Without it a rare token's write can make such a memory's weights feed their own
   growth within one sequence (Titans MAG on MQAR-64: 1e22 by token 64, NaN at step 65)."""
-  deep_l2 = isinstance(rule.memory, mj.MLPMemory) and isinstance(rule.bias, mj.biases.L2)
-  return DEFAULT_GRAD_CLIP if deep_l2 and not isinstance(rule.retention, ret.KLSoftmax) else None
+  deep_l2 = not rule.memory.linear_in_state and rule.bias.exact_write == "delta"
+  return DEFAULT_GRAD_CLIP if deep_l2 and rule.retention.linear_in_state else None
 
 
 def default_init_scale(rule) -> float:
   """The block's default ``init_scale``: 0.1 for linear memories, 1 for MLP memories, 32 for the
   logits of Memora's softmax rows (peaked rows: std 32/√fan_in, 5.7 and 2.8 at head dim 32)."""
-  if not isinstance(rule.memory, mj.MLPMemory):
+  if rule.memory.linear_in_state:
     return 0.1
-  return 32.0 if isinstance(rule.retention, ret.KLSoftmax) else 1.0
+  return 32.0 if rule.retention.domain == "simplex" else 1.0
 
 
 def softplus_inverse(y: float) -> float:
@@ -138,7 +137,7 @@ class NeuralMemory(nnx.Module):
         raise ValueError(f"preset must be a parametric memory; got {preset!r} (use nn.Attention)")
       if "grad_clip" not in options and default_grad_clip(self.rule) is not None:
         self.rule = mj.presets.get(preset, grad_clip=default_grad_clip(self.rule), **options)
-    if isinstance(self.rule.algorithm, mj.algorithms.MultiStepGD):
+    if self.rule.multi_step:
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size
     if max_lr is None:  # a deep memory's inner GD diverges at steps a linear memory takes
@@ -200,8 +199,8 @@ class NeuralMemory(nnx.Module):
     allowed = {
       "lr": rule.channel_lr,
       "delta": rule.channel_delta,
-      "retention": isinstance(rule.memory, mj.LinearMemory)
-      and getattr(rule.retention, "channels", "") in ("any", "key", "key_value"),
+      "retention": rule.memory.linear_in_state
+      and rule.retention.channels in ("any", "key", "key_value"),
     }
     for name in channel_gates:
       if name not in allowed:
@@ -213,7 +212,7 @@ class NeuralMemory(nnx.Module):
           f"channel_gates: {name!r} cannot be channel-wise for preset {rule.name!r} "
           f"({rule.memory.name}, {rule.bias.name}, {rule.retention.name}, {rule.algorithm.name})"
         )
-    keyed = getattr(rule.retention, "channels", "") in ("key", "key_value")
+    keyed = rule.retention.channels in ("key", "key_value")
     own = {"retention_value"} | ({"retention"} if keyed else set())
     return {n: d if n in own or n in channel_gates else 1 for n in self.gate_names}
 
@@ -227,12 +226,8 @@ class NeuralMemory(nnx.Module):
 
   def initial_weights(self):
     """Learned initial memory per head, mapped into the retention's domain ([H, …] leaves)."""
-    leaves = [p[...] for p in self.initial_memory]
-    if isinstance(self.rule.retention, ret.KLSoftmax):
-      leaves = [self.rule.retention.c * jax.nn.softmax(w, axis=-1) for w in leaves]
-    if isinstance(self.rule.retention, ret.BregmanSigmoid):
-      leaves = [jax.nn.sigmoid(w) for w in leaves]
-    if isinstance(self.rule.memory, mj.LinearMemory):
+    leaves = [self.rule.retention.to_domain(p[...]) for p in self.initial_memory]
+    if self.rule.memory.linear_in_state:
       return leaves[0]
     return tuple(leaves)
 
