@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import miras_jax as mj
-from miras_jax.core.chunkwise import exact_form_applies
+from miras_jax.core.exact import exact_form_applies
 
 
 def _layers(rule, d):

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from miras_jax.core.chunkwise import chunk_reference
+from miras_jax.core.reference import chunk_reference
 
 
 def test_readme_examples_run():

@@ -7,9 +7,10 @@ MIRAS Table 1 model. See ``CONVENTIONS.md`` for the maths conventions.
 
 from miras_jax.core import algorithms, biases, memory, presets, retention
 from miras_jax.core.attention import KVCache, SoftmaxAttention, softmax_attention
-from miras_jax.core.chunkwise import chunk_reference, chunked
+from miras_jax.core.chunkwise import chunked
 from miras_jax.core.gates import Gates
 from miras_jax.core.memory import LinearMemory, MLPMemory
+from miras_jax.core.reference import chunk_reference
 from miras_jax.core.rule import MemoryState, Rule, recurrent, surprise
 
 __all__ = [

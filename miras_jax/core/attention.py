@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from miras_jax.core.blocks import scan_chunks, split_chunks
 from miras_jax.core.gates import Gates
 
 
@@ -158,3 +159,33 @@ class SoftmaxAttention:
         )
       if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating array; got dtype {x.dtype}")
+
+
+def chunked_attention(rule: SoftmaxAttention, state: KVCache, q, k, v, b: int, remat: bool):
+  """Blockwise causal attention: each chunk attends to the cache and to itself, then is cached."""
+  cap, d_k = state.keys.shape
+  scale = (1.0 / jnp.sqrt(d_k)) if rule.scale is None else rule.scale
+  window = rule.window
+
+  def body(cache: KVCache, c):
+    qc, kc, vc = c["q"], c["k"], c["v"]
+    n = qc.shape[0]
+    length = cache.length
+    pos_q = length + jnp.arange(n)
+    pos_cache, valid_cache = ring_slots(length, cap)
+    keys = jnp.concatenate([cache.keys, kc])
+    vals = jnp.concatenate([cache.values, vc])
+    pos_k = jnp.concatenate([pos_cache, pos_q])
+    valid = jnp.concatenate([valid_cache, jnp.ones((n,), bool)])
+    mask = valid[None, :] & (pos_k[None, :] <= pos_q[:, None])
+    if window is not None:
+      mask &= pos_k[None, :] > pos_q[:, None] - window
+    ys = attend(qc, keys, vals, mask, scale)
+    idx, keep = ring_write(length, n, cap)  # only the last `cap` tokens survive in the ring
+    new = KVCache(
+      cache.keys.at[idx].set(kc[n - keep :]), cache.values.at[idx].set(vc[n - keep :]), length + n
+    )
+    return new, ys
+
+  full, rest = split_chunks({"q": q, "k": k, "v": v}, b, q.shape[0])
+  return scan_chunks(body, state, full, rest, remat, v[:0])

@@ -1,4 +1,9 @@
-"""Fixed-size token blocks on an absolute position grid, shared by the chunked Nested Learning forms.
+"""Fixed-size token blocks: the chunk grid and the chunk driver shared by every chunked form.
+
+``to_blocks``/``from_blocks`` place a call's tokens on an absolute position grid (the mini-batch
+memory forms and the chunked Nested Learning forms); ``split_chunks``/``scan_chunks`` run a body over
+the full chunks of a call and its remainder (the exact forms and blockwise attention);
+``isolate_nonfinite``/``poison_after`` keep a non-finite token out of a chunk's matmuls.
 
 A call continues a sequence at absolute position ``pos`` (a traced int). Its T tokens are placed at
 ``[phase, phase + T)`` of a zero buffer of ``n · c`` slots, ``phase = pos mod c``, so that block
@@ -7,6 +12,8 @@ boundary of a size that is a multiple of ``c`` falls on a block end. ``mask`` ma
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,3 +49,76 @@ def from_blocks(ys, phase: jax.Array, t: int):
     return jax.lax.dynamic_slice_in_dim(flat, phase, t, axis=0)
 
   return jax.tree.map(one, ys)
+
+
+TINY = 1e-30  # α is clamped here before the log, so that α = 0 gives a finite log decay
+
+
+def safe_log(x):
+  return jnp.log(jnp.maximum(x, TINY))
+
+
+def split_chunks(tree, b: int, t: int):
+  """Splits the leading T axis of every leaf into (full chunks [N, b, …], remainder [T mod b, …])."""
+  n = t // b
+  full = jax.tree.map(lambda x: x[: n * b].reshape(n, b, *x.shape[1:]), tree) if n else None
+  rest = jax.tree.map(lambda x: x[n * b :], tree) if t % b else None
+  return full, rest
+
+
+def join_chunks(outs, empty):
+  """The outputs of the chunks in order; ``empty`` (``[0, d_v]``) when there are none (T = 0)."""
+  return jnp.concatenate(outs) if outs else empty
+
+
+def scan_chunks(body, carry, full, rest, remat: bool, empty):
+  """Runs ``body(carry, chunk) -> (carry, ys)`` over the full chunks (scanned) and the remainder."""
+  outs = []
+  if full is not None:
+    fn = jax.checkpoint(body) if remat else body
+    carry, ys = jax.lax.scan(fn, carry, full)
+    outs.append(ys.reshape(-1, *ys.shape[2:]))
+  if rest is not None:
+    carry, ys = body(carry, rest)
+    outs.append(ys)
+  return join_chunks(outs, empty), carry
+
+
+def check_chunk_size(chunk_size) -> None:
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+
+
+def _finite_tokens(tree, t: int) -> jax.Array:
+  """``[t]`` bool: whether every entry of each token's inputs (leaves ``[t, …]``) is finite."""
+  ok = jnp.ones((t,), bool)
+  for x in jax.tree.leaves(tree):
+    ok &= jnp.all(jnp.isfinite(x.reshape(t, math.prod(x.shape[1:]))), axis=1)
+  return ok
+
+
+def isolate_nonfinite(tree, t: int):
+  """Keeps a non-finite token out of the chunk's matmuls: ``(tree, alive)`` with every token whose
+  inputs (the exact form's effective k, v and gates; the mini-batch form's gradient factors and
+  gates) are not all finite set to 0, and ``alive: [t]`` False from the first such token on.
+
+  Inside a chunk every token meets every other one in a matmul over the chunk axis, where a
+  causal mask cannot stop 0 · NaN = NaN (masks select with ``jnp.where``, but a NaN row of the
+  right operand reaches every output row): without this a NaN in the last key made all earlier
+  outputs of its chunk NaN. The caller marks its outputs from the first bad token on, and the end
+  state, as NaN (``poison_after``): the token-serial ``recurrent`` is non-finite there too (in every
+  channel, or in the channels the bad entry reaches), and the earlier outputs stay exact."""
+  ok = _finite_tokens(tree, t)
+  clean = jax.tree.map(lambda x: jnp.where(ok.reshape(t, *(1,) * (x.ndim - 1)), x, 0), tree)
+  return clean, jnp.cumsum(~ok) == 0
+
+
+def poison_after(tree, alive):
+  """NaN in every floating leaf where ``alive`` (a scalar or a leading ``[t]``) is False."""
+
+  def one(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    return jnp.where(alive.reshape(*alive.shape, *(1,) * (x.ndim - alive.ndim)), x, jnp.nan)
+
+  return jax.tree.map(one, tree)

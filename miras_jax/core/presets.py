@@ -212,7 +212,7 @@ def ttt_linear(memory="linear", use_loss=False):
   mem = resolve_memory(memory, LinearMemory())
   # TTT trains with mini-batch GD (its chunk semantics), although with a linear memory this rule
   # is the delta rule and would admit the exact form. A chunk of b tokens is one GD step with the
-  # summed rate: stable while λ_max(Σ_i η_i k_i k_iᵀ) ≤ 2 (chunkwise module docstring, measured).
+  # summed rate: stable while λ_max(Σ_i η_i k_i k_iᵀ) ≤ 2 (minibatch module docstring, measured).
   return Rule(
     "ttt_linear",
     mem,

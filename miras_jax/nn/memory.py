@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import miras_jax as mj
-from miras_jax.core.chunkwise import exact_form_applies
+from miras_jax.core.exact import exact_form_applies
 from miras_jax.nn.layers import Linear, LowRankGate, RMSNorm, ShortConv, l2_normalize, param
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import miras_jax as mj
-from miras_jax.core.chunkwise import chunk_reference, exact_form_applies
+from miras_jax.core.exact import exact_form_applies
+from miras_jax.core.reference import chunk_reference
 from tests.core.test_presets_reference import (
   LINEAR,
   MIRAS_MLP,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import miras_jax as mj
-from miras_jax.core.chunkwise import exact_form_applies
+from miras_jax.core.exact import exact_form_applies
 from tests.core.inputs import D, make_inputs
 
 EXACT = [
@@ -240,7 +240,7 @@ def test_bad_chunk_arguments():
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16, 64])
 def test_unit_lower_inverse(n):
-  from miras_jax.core.chunkwise import unit_lower_inverse
+  from miras_jax.core.exact import unit_lower_inverse
 
   rng = np.random.default_rng(n)
   m = np.eye(n) + np.tril(rng.normal(size=(n, n)) * 0.3, -1)

@@ -15,8 +15,8 @@ import pytest
 
 import miras_jax as mj
 from miras_jax.core.attention import softmax_attention
-from miras_jax.core.chunkwise import exact_form_applies
 from miras_jax.core.cms import CMS, CMSOuter, cms_apply, cms_reference
+from miras_jax.core.exact import exact_form_applies
 from miras_jax.core.selfmod import (
   MEMORIES,
   SelfModOuter,

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import miras_jax as mj
-from miras_jax.core.chunkwise import exact_form_applies
+from miras_jax.core.exact import exact_form_applies
 from tests.core.inputs import D, call_form, form_cases, used_inputs
 
 CASES = form_cases()

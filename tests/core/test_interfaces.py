@@ -17,7 +17,7 @@ from miras_jax.core import algorithms as A
 from miras_jax.core import biases as B
 from miras_jax.core import interfaces as I
 from miras_jax.core import retention as R
-from miras_jax.core.chunkwise import exact_form_applies
+from miras_jax.core.exact import exact_form_applies
 
 MEMORIES = [mj.LinearMemory(), mj.MLPMemory(), mj.MLPMemory(residual_ln=True)]
 BIASES = [

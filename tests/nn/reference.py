@@ -5,7 +5,7 @@ Everything around the memory rules is plain float64 numpy written from ``docs/mo
 papers: projections, the short causal convolution, SiLU, ℓ2-normalisation, the gate activations
 with their documented initial biases, RMSNorm, the output gate, RoPE, softmax attention, SwiGLU and
 the Continuum Memory System. Only the memory rules themselves come from the functional core
-(``mj.chunkwise.chunk_reference`` / ``mj.recurrent`` / ``selfmod_reference``, token-serial
+(``mj.chunk_reference`` / ``mj.recurrent`` / ``selfmod_reference``, token-serial
 references with their own tests). The layers' parameters are read back from the modules; the
 constants the documentation fixes (gate biases at init, ``max_lr``, the Memora initial map, the
 chunk size) are the references' own arguments.
@@ -23,7 +23,8 @@ from scipy import special
 
 import miras_jax as mj
 from miras_jax.core import selfmod as sm
-from miras_jax.core.chunkwise import chunk_reference, exact_form_applies
+from miras_jax.core.exact import exact_form_applies
+from miras_jax.core.reference import chunk_reference
 from miras_jax.nn.layers import RMSNorm
 
 RMS_EPS = 1e-6  # RMSNorm ε
