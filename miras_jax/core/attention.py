@@ -75,8 +75,10 @@ def ring_write(length: jax.Array, n: int, capacity: int):
 
 
 class KVCache(NamedTuple):
-  """Ring-buffer state of ``SoftmaxAttention``: ``keys: [C, d_k]``, ``values: [C, d_v]``, and the
-  number of tokens written so far ``length`` (int32 scalar)."""
+  """Ring-buffer state of causal attention: ``keys``, ``values`` with C slots and the number of
+  tokens written so far ``length`` (int32 scalar). ``SoftmaxAttention`` (one sequence, one head)
+  holds ``keys: [C, d_k]``, ``values: [C, d_v]``; the NNX ``Attention`` layer the batched
+  ``[B, C, H, D]``."""
 
   keys: jax.Array
   values: jax.Array

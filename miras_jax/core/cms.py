@@ -202,7 +202,7 @@ class CMS:
     return tuple(new), tuple(accum), tuple(squares)
 
 
-def cms_apply(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool = False):
+def cms_chunked(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool = False):
   """Chunked (parallel) CMS: scans blocks of ``C_min`` tokens; inside a block the parameters are
   fixed, so outputs and gradients of all its tokens are computed at once.
 
@@ -212,7 +212,7 @@ def cms_apply(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool = 
     aligned: the caller promises ``state.position`` is a multiple of ``C_min`` (a fresh state).
 
   Returns:
-    ``(y [T, d], state)``. Equals ``cms_reference`` (token by token) up to float round-off.
+    ``(y [T, d], state)``. Equals ``cms_recurrent`` (token by token) up to float round-off.
   """
   cms.check(state, x, outer)
   c = min(cms.chunk_sizes)
@@ -231,8 +231,8 @@ def cms_apply(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool = 
   return from_blocks(ys, phase, t), CMSState(params, accum, state.position + t, squares)
 
 
-def cms_reference(cms: CMS, state: CMSState, x, outer: CMSOuter):
-  """Token-serial ground truth of ``cms_apply`` (Eq 71 written token by token with ``lax.scan``)."""
+def cms_recurrent(cms: CMS, state: CMSState, x, outer: CMSOuter):
+  """Token-serial ground truth of ``cms_chunked`` (Eq 71 written token by token with ``lax.scan``)."""
   cms.check(state, x, outer)
 
   def token(carry, inp):

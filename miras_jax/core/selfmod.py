@@ -231,7 +231,7 @@ class SelfModTitans:
         )
 
 
-def selfmod_apply(rule: SelfModTitans, state: SelfModState, x, q, outer, *, aligned=False):
+def selfmod_chunked(rule: SelfModTitans, state: SelfModState, x, q, outer, *, aligned=False):
   """Chunked self-modifying Titans: blocks of ``min(chunk sizes)`` tokens; reads and gradients of a
   block in parallel at the chunk-start states, then the DGD recurrence token by token.
 
@@ -241,7 +241,7 @@ def selfmod_apply(rule: SelfModTitans, state: SelfModState, x, q, outer, *, alig
     outer: ``SelfModOuter``; aligned: the caller promises the position is a chunk multiple.
 
   Returns:
-    ``(o [T, d], state)``; equals ``selfmod_reference`` up to float round-off.
+    ``(o [T, d], state)``; equals ``selfmod_recurrent`` up to float round-off.
   """
   rule.check(state, x, q, outer)
   mu = jax.nn.sigmoid(outer.momentum)
@@ -268,8 +268,8 @@ def selfmod_apply(rule: SelfModTitans, state: SelfModState, x, q, outer, *, alig
   return from_blocks(outs, phase, t), SelfModState(weights, base, momentum, state.position + t)
 
 
-def selfmod_reference(rule: SelfModTitans, state: SelfModState, x, q, outer):
-  """Token-serial ground truth of ``selfmod_apply``: one ``lax.scan`` step per token."""
+def selfmod_recurrent(rule: SelfModTitans, state: SelfModState, x, q, outer):
+  """Token-serial ground truth of ``selfmod_chunked``: one ``lax.scan`` step per token."""
   rule.check(state, x, q, outer)
   mu = jax.nn.sigmoid(outer.momentum)
 

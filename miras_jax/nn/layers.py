@@ -8,14 +8,12 @@ Shapes: B batch, T time, E model dim, H heads, D head dim.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from miras_jax.core.attention import ring_slots, ring_write
+from miras_jax.core.attention import KVCache, ring_slots, ring_write
 
 
 def param(rngs: nnx.Rngs, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
@@ -119,14 +117,6 @@ class LowRankGate(nnx.Module):
 
   def __call__(self, x):
     return self.up(self.down(x)) + self.bias[...]
-
-
-class KVCache(NamedTuple):
-  """Attention decode cache: ring buffers ``keys, values: [B, C, H, D]`` and tokens seen ``length``."""
-
-  keys: jax.Array
-  values: jax.Array
-  length: jax.Array
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")  # Attention(implementation=)

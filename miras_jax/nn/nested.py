@@ -69,12 +69,12 @@ class CMSLayer(nnx.Module):
     if fresh:
       state = self.init_state(x.shape[0])
     outer = self._outer()
-    one = lambda st, xs: cms_core.cms_apply(self.cms, st, xs, outer, aligned=fresh)  # noqa: E731
+    one = lambda st, xs: cms_core.cms_chunked(self.cms, st, xs, outer, aligned=fresh)  # noqa: E731
     y, state = jax.vmap(one)(state, x)
     return y - x, state
 
 
-class SelfModState(NamedTuple):
+class SelfModifyingTitansState(NamedTuple):
   conv: jax.Array  # the short-conv buffer [B, K−1, H·D]
   memory: sm.SelfModState  # per (batch, head) memories, leaves [B, H, …]
 
@@ -135,13 +135,13 @@ class SelfModifyingTitans(nnx.Module):
       self.eta_w[...], self.eta_b[...], self.alpha_w[...], self.alpha_b[...], self.momentum[...]
     )
 
-  def init_state(self, batch: int) -> SelfModState:
+  def init_state(self, batch: int) -> SelfModifyingTitansState:
     weights = {n: tuple(p[...] for p in self.initial[n]) for n in sm.MEMORIES}
     per_head = jax.vmap(self.rule.init_state)(weights)
     conv = self.conv.init_state(batch, self.heads * self.head_dim)
-    return SelfModState(conv, _batched(per_head, batch))
+    return SelfModifyingTitansState(conv, _batched(per_head, batch))
 
-  def __call__(self, x, state: SelfModState | None = None):
+  def __call__(self, x, state: SelfModifyingTitansState | None = None):
     """``x: [B, T, E]`` → ``(y [B, T, E], state)``."""
     b, t, _ = x.shape
     fresh = state is None
@@ -153,9 +153,9 @@ class SelfModifyingTitans(nnx.Module):
     u, q = heads(u), heads(self.q(x))
 
     def one(st, xs, qs, outer):
-      return sm.selfmod_apply(self.rule, st, xs, qs, outer, aligned=fresh)
+      return sm.selfmod_chunked(self.rule, st, xs, qs, outer, aligned=fresh)
 
     per_head = jax.vmap(one)  # over heads (outer parameters per head)
     ys, memory = jax.vmap(per_head, in_axes=(0, 0, 0, None))(state.memory, u, q, self._outer())
     ys = self.out_norm(ys).transpose(0, 2, 1, 3).reshape(b, t, h * d)
-    return self.o(ys), SelfModState(conv, memory)
+    return self.o(ys), SelfModifyingTitansState(conv, memory)

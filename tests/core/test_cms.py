@@ -4,7 +4,7 @@ The reference is an independent float64 numpy token loop written from the docstr
 ``miras_jax.core.cms`` (no library code is called): level ℓ is ``f_ℓ(h) = h + W_out gelu(W_in h)``
 (exact erf GELU), its inner loss is ℓ(θ; h) = ½‖W_out gelu(W_in h) − V_ℓ h‖² with a hand-written
 gradient, the rate-scaled gradients of a chunk are summed at the chunk-start parameters and applied
-after tokens t with (t + 1) ≡ 0 (mod C_ℓ). ``cms_apply`` (float32, chunked) must match it to 1e-5
+after tokens t with (t + 1) ≡ 0 (mod C_ℓ). ``cms_chunked`` (float32, chunked) must match it to 1e-5
 relative, for the three variants and chunk sizes (2, 4, 8) over T = 22 (not a multiple of any).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from miras_jax.core.cms import CMS, CMSOuter, CMSState, cms_apply, cms_reference
+from miras_jax.core.cms import CMS, CMSOuter, CMSState, cms_chunked, cms_recurrent
 
 D = 4
 T = 22
@@ -28,17 +28,17 @@ LRS = (0.03, 0.02, 0.01)
 RTOL = 1e-5
 VARIANTS = ("sequential", "nested", "independent")
 
-_apply = jax.jit(cms_apply, static_argnums=0, static_argnames="aligned")
+_apply = jax.jit(cms_chunked, static_argnums=0, static_argnames="aligned")
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forms(cms, state, x, outer):
-  """One program (one compile): ``cms_apply`` on all tokens, two calls split at the unaligned
-  position 5, and the token loop ``cms_reference``."""
-  y, st = cms_apply(cms, state, x, outer)
-  y1, st1 = cms_apply(cms, state, x[:5], outer)
-  y2, st2 = cms_apply(cms, st1, x[5:], outer)
-  return (y, st), (jnp.concatenate([y1, y2]), st2), cms_reference(cms, state, x, outer)
+  """One program (one compile): ``cms_chunked`` on all tokens, two calls split at the unaligned
+  position 5, and the token loop ``cms_recurrent``."""
+  y, st = cms_chunked(cms, state, x, outer)
+  y1, st1 = cms_chunked(cms, state, x[:5], outer)
+  y2, st2 = cms_chunked(cms, st1, x[5:], outer)
+  return (y, st), (jnp.concatenate([y1, y2]), st2), cms_recurrent(cms, state, x, outer)
 
 
 # ---- numpy reference ----------------------------------------------------------------------------
@@ -172,8 +172,8 @@ def _run(variant):
 
 # ---- 1. the chunked form against the numpy token loop ---------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_cms_apply_matches_the_numpy_token_loop(variant):
-  """Outputs and the final state (parameters, open-chunk accumulators, position) of ``cms_apply``
+def test_cms_chunked_matches_the_numpy_token_loop(variant):
+  """Outputs and the final state (parameters, open-chunk accumulators, position) of ``cms_chunked``
   equal the float64 token loop; the in-context updates must matter (else the test is vacuous)."""
   r = _run(variant)
   ys, params, accum, pos = r["want"]
@@ -189,7 +189,7 @@ def test_plain_eq_71_step_matches_the_numpy_token_loop():
   """``normalized=False`` is Eq 71 literally: θ ← θ − η Σ ∇ at each boundary."""
   cms = CMS(CHUNKS, LRS, "sequential", normalized=False)
   params, outer, x = _inputs("sequential")
-  y, state = cms_apply(cms, cms.init_state(params), x, outer)
+  y, state = cms_chunked(cms, cms.init_state(params), x, outer)
   ys, want_params, accum, pos = np_cms(
     CHUNKS, LRS, "sequential", params, outer.values, None, x, normalized=False
   )
@@ -208,7 +208,7 @@ def test_calls_in_pieces_equal_one_call(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_cms_reference_equals_cms_apply(variant):
+def test_cms_recurrent_equals_cms_chunked(variant):
   r = _run(variant)
   chex.assert_trees_all_close(r["y_ref"], r["y"], rtol=RTOL, atol=RTOL)
   chex.assert_trees_all_close(r["state_ref"], r["state"], rtol=RTOL, atol=RTOL)
@@ -359,7 +359,7 @@ def test_causal(variant):
 def test_jit_equals_eager():
   """The un-jitted call (op by op around the block scan) equals the jitted one (nested variant)."""
   r = _run("nested")
-  y, state = cms_apply(r["cms"], r["cms"].init_state(r["params"]), r["x"], r["outer"])
+  y, state = cms_chunked(r["cms"], r["cms"].init_state(r["params"]), r["x"], r["outer"])
   chex.assert_trees_all_close(y, r["y"], rtol=1e-6, atol=1e-6)
   chex.assert_trees_all_close(state, r["state"], rtol=1e-6, atol=1e-6)
 
@@ -375,7 +375,7 @@ def test_outer_gradients_are_finite_nonzero_and_match_finite_differences(variant
   cot = np.random.default_rng(6).normal(size=(T, D))
 
   def loss(params, values, mix):
-    y, _ = cms_apply(cms, cms.init_state(params), x, CMSOuter(values, mix))
+    y, _ = cms_chunked(cms, cms.init_state(params), x, CMSOuter(values, mix))
     return jnp.sum(y * jnp.asarray(cot, jnp.float32))
 
   args = (r["params"], r["outer"].values, r["outer"].mix)
@@ -445,19 +445,19 @@ def test_bad_inputs_raise():
   state = cms.init_state(params)
   for bad in (x[:, :3], x[0], np.zeros((T, D)).tolist()):
     with pytest.raises(ValueError, match="^x must"):
-      cms_apply(cms, state, bad, outer)
+      cms_chunked(cms, state, bad, outer)
     with pytest.raises(ValueError, match="^x must"):
-      cms_reference(cms, state, bad, outer)
+      cms_recurrent(cms, state, bad, outer)
   with pytest.raises(ValueError, match="^state must"):
-    cms_apply(cms, tuple(state), x, outer)
+    cms_chunked(cms, tuple(state), x, outer)
   with pytest.raises(ValueError, match=r"outer\.values"):
-    cms_apply(cms, state, x, CMSOuter(outer.values[:1]))
+    cms_chunked(cms, state, x, CMSOuter(outer.values[:1]))
   with pytest.raises(ValueError, match=r"outer\.values"):
-    cms_apply(cms, state, x, CMSOuter((outer.values[0], outer.values[1][:3])))
+    cms_chunked(cms, state, x, CMSOuter((outer.values[0], outer.values[1][:3])))
   independent = CMS((2, 4), (0.1, 0.1), "independent")
   st = independent.init_state(params)
   with pytest.raises(ValueError, match=r"outer\.mix"):
-    cms_apply(independent, st, x, outer)
+    cms_chunked(independent, st, x, outer)
   with pytest.raises(ValueError, match=r"outer\.mix"):
-    cms_apply(independent, st, x, CMSOuter(outer.values, jnp.ones(3)))
+    cms_chunked(independent, st, x, CMSOuter(outer.values, jnp.ones(3)))
   assert isinstance(st, CMSState)

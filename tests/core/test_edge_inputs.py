@@ -15,14 +15,14 @@ import pytest
 
 import miras_jax as mj
 from miras_jax.core.attention import softmax_attention
-from miras_jax.core.cms import CMS, CMSOuter, cms_apply, cms_reference
+from miras_jax.core.cms import CMS, CMSOuter, cms_chunked, cms_recurrent
 from miras_jax.core.exact import exact_form_applies
 from miras_jax.core.selfmod import (
   MEMORIES,
   SelfModOuter,
   SelfModTitans,
-  selfmod_apply,
-  selfmod_reference,
+  selfmod_chunked,
+  selfmod_recurrent,
 )
 from tests.core.inputs import D, call_form, form_cases, used_inputs
 
@@ -70,7 +70,7 @@ def test_other_sequence_entry_points_take_an_empty_sequence():
     params = [(0.3 * jax.random.normal(key, (8, D)), 0.3 * jax.random.normal(key, (D, 8)))] * 2
     state = cms.init_state(params)
     outer = CMSOuter(values=[jnp.eye(D)] * 2, mix=jnp.ones(2))
-    for fn in (cms_apply, cms_reference):
+    for fn in (cms_chunked, cms_recurrent):
       y, end = fn(cms, state, x, outer)
       assert y.shape == (0, D)
       chex.assert_trees_all_equal(end, state)
@@ -82,7 +82,7 @@ def test_other_sequence_entry_points_take_an_empty_sequence():
   state = rule.init_state(w)
   z = jnp.zeros(())
   outer = SelfModOuter(jnp.ones(D), z, jnp.ones(D), z, z)
-  for fn in (selfmod_apply, selfmod_reference):
+  for fn in (selfmod_chunked, selfmod_recurrent):
     o, end = fn(rule, state, x, x, outer)
     assert o.shape == (0, D)
     chex.assert_trees_all_equal(end, state)

@@ -9,7 +9,7 @@ layer input x = k for W_2, x = h = silu(W_2 k) (at the base) for W_1, the rank-1
 W (plain GD: r = η and no rank-1 term), momentum over the surprise only (S ← μS − r G,
 W ← W(αI − r x xᵀ) + S), and every read and gradient at the memory's state of its last chunk
 boundary (chunk groups: M_memory alone, the other four together).
-``selfmod_apply`` (float32, chunked) must match it to 1e-5 relative.
+``selfmod_chunked`` (float32, chunked) must match it to 1e-5 relative.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from miras_jax.core.selfmod import (
   SelfModOuter,
   SelfModState,
   SelfModTitans,
-  selfmod_apply,
-  selfmod_reference,
+  selfmod_chunked,
+  selfmod_recurrent,
 )
 
 D, M = 4, 8
@@ -156,17 +156,17 @@ def _assert_state_close(state, want, rtol=RTOL):
   assert int(state.position) == pos
 
 
-_apply = jax.jit(selfmod_apply, static_argnums=0)
+_apply = jax.jit(selfmod_chunked, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forms(rule, state, x, q, outer):
-  """One program: ``selfmod_apply`` on all tokens, two calls split at the unaligned position 5,
-  and the token loop ``selfmod_reference``."""
-  full = selfmod_apply(rule, state, x, q, outer)
-  y1, st1 = selfmod_apply(rule, state, x[:5], q[:5], outer)
-  y2, st2 = selfmod_apply(rule, st1, x[5:], q[5:], outer)
-  return full, (jnp.concatenate([y1, y2]), st2), selfmod_reference(rule, state, x, q, outer)
+  """One program: ``selfmod_chunked`` on all tokens, two calls split at the unaligned position 5,
+  and the token loop ``selfmod_recurrent``."""
+  full = selfmod_chunked(rule, state, x, q, outer)
+  y1, st1 = selfmod_chunked(rule, state, x[:5], q[:5], outer)
+  y2, st2 = selfmod_chunked(rule, st1, x[5:], q[5:], outer)
+  return full, (jnp.concatenate([y1, y2]), st2), selfmod_recurrent(rule, state, x, q, outer)
 
 
 # (chunk_size, memory_chunk_size, flags): every flag off once, and subsets of adaptive memories
@@ -202,7 +202,7 @@ def _run(name):
 
 # ---- 1. the chunked form against the numpy token loop ---------------------------------------------
 @pytest.mark.parametrize("name", CONFIGS)
-def test_selfmod_apply_matches_the_numpy_token_loop(name):
+def test_selfmod_chunked_matches_the_numpy_token_loop(name):
   """Outputs and the final weights, bases, momenta and position equal the float64 token loop; the
   gradient writes must matter for the outputs (else the comparison is vacuous): the loop with
   max_lr → 0 (retention decay only) differs by more than 1e-2."""
@@ -226,7 +226,7 @@ def test_calls_in_pieces_equal_one_call(name):
 @pytest.mark.parametrize("name", FORMS)
 def test_chunked_equals_the_token_loop(name):
   """§8.7b: the chunked form (vmapped reads and gradients at the chunk-start state, then the write
-  recurrence) equals ``selfmod_reference`` (one scan step per token); chunking does change the
+  recurrence) equals ``selfmod_recurrent`` (one scan step per token); chunking does change the
   result compared with chunk sizes 1 (the frozen bases matter)."""
   r = _run(name)
   chex.assert_trees_all_close(r["ref"], r["full"], rtol=RTOL, atol=RTOL)
@@ -336,7 +336,7 @@ def test_outer_gradients_reach_every_memory_and_readout():
   cot = np.random.default_rng(6).normal(size=(T, D))
 
   def loss(weights, outer):
-    o, _ = selfmod_apply(rule, rule.init_state(weights), x, q, outer)
+    o, _ = selfmod_chunked(rule, rule.init_state(weights), x, q, outer)
     return jnp.sum(o * jnp.asarray(cot, jnp.float32))
 
   grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(r["weights"], r["outer"])
@@ -391,12 +391,12 @@ def test_bad_inputs_raise():
     (x, q[:5], "q"),
   ):
     with pytest.raises(ValueError, match=f"^{arg} must"):
-      selfmod_apply(rule, state, bad_x, bad_q, outer)
+      selfmod_chunked(rule, state, bad_x, bad_q, outer)
     with pytest.raises(ValueError, match=f"^{arg} must"):
-      selfmod_reference(rule, state, bad_x, bad_q, outer)
+      selfmod_recurrent(rule, state, bad_x, bad_q, outer)
   with pytest.raises(ValueError, match="^state must"):
-    selfmod_apply(rule, tuple(state), x, q, outer)
+    selfmod_chunked(rule, tuple(state), x, q, outer)
   with pytest.raises(ValueError, match=r"outer\.eta_w"):
-    selfmod_apply(rule, state, x, q, outer._replace(eta_w=outer.eta_w[:3]))
+    selfmod_chunked(rule, state, x, q, outer._replace(eta_w=outer.eta_w[:3]))
   with pytest.raises(ValueError, match=r"outer\.alpha_w"):
-    selfmod_apply(rule, state, x, q, outer._replace(alpha_w=outer.alpha_w[:3]))
+    selfmod_chunked(rule, state, x, q, outer._replace(alpha_w=outer.alpha_w[:3]))

@@ -5,7 +5,7 @@ Everything around the memory rules is plain float64 numpy written from ``docs/mo
 papers: projections, the short causal convolution, SiLU, ℓ2-normalisation, the gate activations
 with their documented initial biases, RMSNorm, the output gate, RoPE, softmax attention, SwiGLU and
 the Continuum Memory System. Only the memory rules themselves come from the functional core
-(``mj.chunk_reference`` / ``mj.recurrent`` / ``selfmod_reference``, token-serial
+(``mj.chunk_reference`` / ``mj.recurrent`` / ``selfmod_recurrent``, token-serial
 references with their own tests). The layers' parameters are read back from the modules; the
 constants the documentation fixes (gate biases at init, ``max_lr``, the Memora initial map, the
 chunk size) are the references' own arguments.
@@ -331,7 +331,7 @@ SELFMOD_BIASES = {"eta": -2.0, "alpha": 4.0, "momentum": 2.0}  # docs: η ≈ 0.
 
 def self_modifying_titans(mixer, x, rule: sm.SelfModTitans, *, heads, head_dim):
   """Hope's mixer: u = conv(x W_in) (4 taps, no activation), q = x W_q, per head the
-  self-modifying Titans recurrence (``selfmod_reference``, the token-serial core), then per-head
+  self-modifying Titans recurrence (``selfmod_recurrent``, the token-serial core), then per-head
   RMSNorm and the output projection. Gate biases and the momentum logit are the documented initial
   values; the gate readout vectors and the initial memories are read from ``mixer``."""
   b, t, _ = x.shape
@@ -351,7 +351,7 @@ def self_modifying_titans(mixer, x, rule: sm.SelfModTitans, *, heads, head_dim):
   )
 
   def head(w, u, q, outer):
-    ys, _ = sm.selfmod_reference(rule, rule.init_state(w), u, q, outer)
+    ys, _ = sm.selfmod_recurrent(rule, rule.init_state(w), u, q, outer)
     return ys
 
   per_batch = jax.vmap(head, in_axes=(0, 0, 0, 0))  # over heads

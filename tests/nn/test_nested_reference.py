@@ -1,6 +1,6 @@
 """The Nested Learning layers against their documented equations (``tests/nn/reference.py``):
 the CMS layer (every variant) in numpy token by token, and self-modifying Titans (numpy around the
-core's token-serial ``selfmod_reference``, with the documented gate biases)."""
+core's token-serial ``selfmod_recurrent``, with the documented gate biases)."""
 
 import chex
 import jax.numpy as jnp
