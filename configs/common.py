@@ -29,6 +29,8 @@ def base(model: str, size: str = "tiny", **overrides) -> ml_collections.ConfigDi
   c.model.name = model  # a name from miras_jax.models.names()
   c.model.size = size  # tiny | 170m | 340m | 760m | 1.3b
   c.model.overrides = ml_collections.ConfigDict(overrides)  # fields of the model's config class
+  # fields set only where the model's config class has them (overrides win)
+  c.model.defaults = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "text_corpus"  # mqar | text_corpus | a tfds catalog dataset prepared in data_dir

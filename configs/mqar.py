@@ -15,13 +15,13 @@ from configs import common
 def get_config(arg: str | None = None):
   name = arg or "miras_lm"
   overrides = dict(vocab=64, dim=64, layers=2, heads=2, head_dim=32, mlp_hidden=128)
-  if name in ("miras_lm", "hybrid_lm", "titans_mac", "titans_mag", "titans_mal"):
-    overrides.update(chunk_size=16, gate_rank=16)
   if name == "hope":
     overrides.update(chunk_size=8, memory_chunk_size=8)
   if name == "miras_lm":
     overrides["preset"] = "titans_lmm"
   c = common.base(name, "tiny", **overrides)
+  c.model.defaults.chunk_size = 16  # memory chunk of every model with a memory (Hope: 8, above)
+  c.model.defaults.gate_rank = 16  # rank of the memory's gate projections, where it has them
   c.data.name = "mqar"
   c.data.options = common.ml_collections.ConfigDict(
     dict(seq_len=64, vocab=64, num_pairs=8, train_size=20000, test_size=512, seed=0)

@@ -375,9 +375,12 @@ def count_params(config) -> int:
   from flax import nnx
 
   from miras_jax import models
+  from miras_jax.train import settings
 
   m = config.model
-  model_config = models.config(m.name, m.size, **m.overrides)
+  model_config = settings.model_config(
+    settings.ModelSettings(m.name, m.size, dict(m.overrides), dict(m.get("defaults") or {}))
+  )
   abstract = nnx.eval_shape(lambda: models.get(m.name, model_config, rngs=nnx.Rngs(0)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 

@@ -1,74 +1,38 @@
-"""Models, each a frozen dataclass config plus an NNX module, looked up by name.
+"""Models, each a frozen dataclass config plus an NNX module in one module per family, looked up
+by name.
 
 model = miras_jax.models.get("titans_mac", models.config("titans_mac", "tiny"), rngs=nnx.Rngs(0))
 logits, cache = model(tokens)                       # tokens: [B, T] int
 tokens = models.generate(model, prompt, 32, rng=jax.random.key(0), temperature=0.8, top_p=0.9)
+
+    miras_lm        Llama macro-architecture with the MIRAS block in place of attention (MIRAS §5.4)
+    hybrid_lm       Samba-style memory block → sliding-window attention → MLP (MIRAS Fig 2, "-H")
+    titans_mac      memory as context (Titans Eq 21–25)
+    titans_mag      memory as gating (Titans Eq 26–28)
+    titans_mal      memory as a layer (Titans Eq 29–31)
+    transformer     Transformer++ (Llama) baseline
+    hope            self-modifying Titans + Continuum Memory System (Nested Learning Eq 94–97)
+    hope_attention  softmax attention + Continuum Memory System (Nested Learning §8.3)
 """
 
-from flax import nnx
+import importlib
+import pkgutil
 
-from miras_jax.models.config import (
-  SIZES,
-  HopeAttentionConfig,
-  HopeConfig,
-  HybridLMConfig,
-  LMConfig,
-  MirasLMConfig,
-  TitansMACConfig,
-  TitansMAGConfig,
-  TitansMALConfig,
-  TransformerConfig,
-)
+from miras_jax.models.base import LM, SIZES, LMConfig, MemoryFields
 from miras_jax.models.generate import generate, sample_logits
-from miras_jax.models.lm import (
-  LM,
-  Hope,
-  HopeAttention,
-  HybridLM,
-  MirasLM,
-  TitansMAC,
-  TitansMAG,
-  TitansMAL,
-  Transformer,
-)
+from miras_jax.models.registry import config, config_class, get, model_class, names, register
 
-_REGISTRY = {
-  "miras_lm": MirasLM,
-  "hybrid_lm": HybridLM,
-  "titans_mac": TitansMAC,
-  "titans_mag": TitansMAG,
-  "titans_mal": TitansMAL,
-  "transformer": Transformer,
-  "hope": Hope,
-  "hope_attention": HopeAttention,
-}
+# Importing a family's module registers its models: every module of the package is imported.
+for _info in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_info.name}")
 
-
-def names() -> list[str]:
-  return list(_REGISTRY)
-
-
-def _model(name: str):
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}")
-  return _REGISTRY[name]
-
-
-def config_class(name: str) -> type:
-  """The config dataclass of model ``name`` (its fields are what ``config`` overrides may set)."""
-  return _model(name).config_class
-
-
-def config(name: str, size: str = "tiny", **overrides):
-  """The config of model ``name`` at ``size`` (one of ``SIZES``) with ``overrides`` applied."""
-  return _model(name).config_class.sized(size, **overrides)
-
-
-def get(name: str, config=None, *, rngs: nnx.Rngs):
-  """Builds model ``name`` from ``config`` (its config class's defaults when None)."""
-  model = _model(name)
-  return model(config if config is not None else model.config_class(), rngs=rngs)
-
+from miras_jax.models.hope import Hope, HopeAttention, HopeAttentionConfig, HopeConfig  # noqa: E402
+from miras_jax.models.hybrid_lm import HybridLM, HybridLMConfig  # noqa: E402
+from miras_jax.models.miras_lm import MirasLM, MirasLMConfig  # noqa: E402
+from miras_jax.models.titans_mac import TitansMAC, TitansMACConfig  # noqa: E402
+from miras_jax.models.titans_mag import TitansMAG, TitansMAGConfig  # noqa: E402
+from miras_jax.models.titans_mal import TitansMAL, TitansMALConfig  # noqa: E402
+from miras_jax.models.transformer import Transformer, TransformerConfig  # noqa: E402
 
 __all__ = [
   "LM",
@@ -80,6 +44,7 @@ __all__ = [
   "HybridLM",
   "HybridLMConfig",
   "LMConfig",
+  "MemoryFields",
   "MirasLM",
   "MirasLMConfig",
   "TitansMAC",
@@ -94,6 +59,8 @@ __all__ = [
   "config_class",
   "generate",
   "get",
+  "model_class",
   "names",
+  "register",
   "sample_logits",
 ]

@@ -43,7 +43,7 @@ from jax.experimental import multihost_utils
 
 from miras_jax import data as mdata
 from miras_jax import models
-from miras_jax.models.blocks import MACBlock
+from miras_jax.models.titans_mac import MACBlock
 from miras_jax.nn.memory import NeuralMemory
 from miras_jax.train import mesh as mesh_lib
 from miras_jax.train.checkpoint import Checkpointer
@@ -53,6 +53,7 @@ from miras_jax.train.metrics import MetricsWriter
 from miras_jax.train.optimizer import make_optimizer, schedule
 from miras_jax.train.progress import Progress
 from miras_jax.train.settings import RunSettings, settings_from_config
+from miras_jax.train.settings import model_config as model_config_of
 from miras_jax.train.step import TrainState, make_eval_step, make_train_step
 
 
@@ -120,7 +121,7 @@ class Built(NamedTuple):
 def build(run: RunSettings, mesh) -> Built:
   """Model graph, optimizer, abstract sharded train state and its shardings."""
   m = run.model
-  model_config = models.config(m.name, m.size, **m.overrides)
+  model_config = model_config_of(m)
   abstract_model = nnx.eval_shape(lambda: models.get(m.name, model_config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
   specs = nnx.get_partition_spec(abstract_params).to_pure_dict()

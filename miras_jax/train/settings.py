@@ -32,6 +32,9 @@ class ModelSettings:
   name: str = "miras_lm"  # a name from miras_jax.models.names()
   size: str = "tiny"  # tiny | 170m | 340m | 760m | 1.3b
   overrides: dict = dataclasses.field(default_factory=dict)  # fields of the model's config class
+  # fields set only where the model's config class has them (overrides win): a task's settings
+  # for every memory model (e.g. chunk_size) without a list of model names
+  defaults: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,11 @@ _SECTIONS = {
   "train": TrainSettings,
   "mesh": MeshSettings,
 }
-_FREE_FORM = {("model", "overrides"), ("data", "options")}  # checked by the model / the builder
+_FREE_FORM = {
+  ("model", "overrides"),
+  ("model", "defaults"),
+  ("data", "options"),
+}  # checked by the model / the builder
 
 
 class ConfigError(ValueError):
@@ -226,8 +233,10 @@ def model_config(model: ModelSettings):
       f"model.overrides: {', '.join(unknown)} not a field of {cls.__name__} "
       f"(model {model.name!r}); its fields: {', '.join(fields)}"
     )
+  given = {name: v for name, v in model.defaults.items() if name in fields}
+  given.update(model.overrides)
   try:
-    return models.config(model.name, model.size, **model.overrides)
+    return models.config(model.name, model.size, **given)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"model.overrides ({model.name}, size {model.size}): {e}") from e
 

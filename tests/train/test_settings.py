@@ -146,3 +146,15 @@ def test_apply_overrides_types_values_and_sets_undeclared_model_fields():
 def test_apply_overrides_rejects_unknown_keys_and_bad_types(path, text, match):
   with pytest.raises(S.ConfigError, match=match):
     S.apply_overrides(mqar.get_config("titans_mac"), [(path, text)])
+
+
+def test_model_defaults_apply_only_where_the_model_has_the_field():
+  # configs/mqar.py sets chunk_size 16 and gate_rank 16 as defaults, not per model name
+  mac = S.model_config(S.settings_from_config(mqar.get_config("titans_mac")).model)
+  assert (mac.chunk_size, mac.gate_rank) == (16, 16)
+  hope = S.model_config(S.settings_from_config(mqar.get_config("hope")).model)
+  assert hope.chunk_size == 8 and not hasattr(hope, "gate_rank")  # the override wins
+  transformer = S.model_config(S.settings_from_config(mqar.get_config("transformer")).model)
+  assert not hasattr(transformer, "chunk_size")
+  model = S.ModelSettings("miras_lm", "tiny", {"gate_rank": 4}, {"gate_rank": 16, "segment": 2})
+  assert S.model_config(model).gate_rank == 4  # overrides win; segment is not a miras_lm field
