@@ -18,26 +18,39 @@ Example::
 This package imports neither flax nor TensorFlow (tests/data/test_no_tensorflow.py checks both).
 """
 
-from miras_jax.data.babi import babi, babi_min_context_len, babi_solve
-from miras_jax.data.builders import (
+import importlib
+import pkgutil
+
+from miras_jax.data import registry
+
+# Importing a task module registers its dataset and evaluations: every module here is imported.
+for _info in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_info.name}")
+
+from miras_jax.data.babi import (  # noqa: E402  # noqa: E402
   BabiBuilder,
   BabiConfig,
-  MQARBuilder,
-  MQARConfig,
+  babi,
+  babi_config,
+  babi_min_context_len,
+  babi_solve,
+)
+from miras_jax.data.builders import prepare  # noqa: E402
+from miras_jax.data.needle import (  # noqa: E402
   SNIAHBuilder,
   SNIAHConfig,
+  s_niah,
+  s_niah_config,
+  s_niah_min_context_len,  # noqa: E402
+)
+from miras_jax.data.pipeline import Loader, make_loader  # noqa: E402
+from miras_jax.data.synthetic import MQARBuilder, MQARConfig, mqar, mqar_config  # noqa: E402
+from miras_jax.data.text_corpus import (  # noqa: E402
   TextCorpusBuilder,
   TextCorpusConfig,
-  babi_config,
-  mqar_config,
-  prepare,
-  s_niah_config,
   text_corpus_config,
 )
-from miras_jax.data.needle import s_niah, s_niah_min_context_len
-from miras_jax.data.pipeline import Loader, make_loader
-from miras_jax.data.synthetic import mqar
-from miras_jax.data.tokenizers import EOS_ID, ByteTokenizer, SentencePieceTokenizer
+from miras_jax.data.tokenizers import EOS_ID, ByteTokenizer, SentencePieceTokenizer  # noqa: E402
 
 __all__ = [
   "EOS_ID",
@@ -63,5 +76,6 @@ __all__ = [
   "s_niah",
   "s_niah_config",
   "s_niah_min_context_len",
+  "registry",
   "text_corpus_config",
 ]

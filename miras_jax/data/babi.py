@@ -1,4 +1,6 @@
-"""bAbI qa1/qa2-style tasks with the facts spread through filler text (BABILong style), byte-level.
+"""bAbI qa1/qa2-style tasks with the facts spread through filler text (BABILong style), byte-level:
+the numpy generator ``babi``, its tfds dataset (``prepare("babi", …)``) and the evaluations
+``babi_qa1`` and ``babi_qa2`` (registered in ``miras_jax.data.registry``).
 
 One example is a byte string of exactly ``context_len`` tokens (``ByteTokenizer`` ids, vocab 256)::
 
@@ -46,11 +48,25 @@ positions ``T-A-1 … T-2``, whose targets are the answer bytes.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
+import tensorflow_datasets as tfds
 
+from miras_jax.data.builders import (
+  CODE_PATH,
+  VERSION,
+  check_split_options,
+  corpus_text,
+  filler_tag,
+  seeded_splits,
+  task_info,
+)
 from miras_jax.data.needle import _check_choice, _check_context, _check_int, _Filler, _row
+from miras_jax.data.registry import register_dataset, register_eval_task
 
 __all__ = [
   "BABI_LOCATIONS",
@@ -283,3 +299,113 @@ def babi_solve(prompt: str) -> str | None:
       continue
     world.apply(action, person, arg)
   return world.where(questions[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# The tfds dataset and the evaluations
+
+
+@dataclasses.dataclass(kw_only=True)
+class BabiConfig(tfds.core.BuilderConfig):
+  """Options of ``BabiBuilder`` (see ``miras_jax.data.babi.babi`` for their meaning).
+
+  ``corpus_file`` is the corpus read for ``filler="corpus"`` (``corpus_text`` of ``babi``). Split
+  ``train`` is ``babi(2 * seed, train_size, …)`` and ``test`` is ``babi(2 * seed + 1, test_size,
+  …)``.
+  """
+
+  task: str = "qa1"
+  context_len: int = 4096
+  num_facts: int = 10
+  filler: str = "noise"
+  corpus_file: str | None = None
+  train_size: int = 10_000
+  test_size: int = 1_000
+  seed: int = 0
+
+
+def babi_config(
+  *,
+  task: str = "qa1",
+  context_len: int = 4096,
+  num_facts: int = 10,
+  filler: str = "noise",
+  corpus_file: str | os.PathLike | None = None,
+  train_size: int = 10_000,
+  test_size: int = 1_000,
+  seed: int = 0,
+) -> BabiConfig:
+  """Returns the validated ``BabiConfig`` for these options, named after all of them.
+
+  The name is ``{task}_T{context_len}_F{num_facts}_{filler}_n{train_size}-{test_size}_s{seed}``, e.g.
+  ``qa2_T1024_F10_noise_n100-20_s0``, where a corpus filler is ``corpus-{file stem}-{12 hex digits
+  of the sha256 of the file}``.
+
+  Raises:
+    ValueError: an option is out of range (the message names it).
+  """
+  check_split_options(train_size, test_size, seed)
+  tag, path = filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  babi(2 * seed, 1, context_len, task, num_facts, filler, corpus_text(path))
+  return BabiConfig(
+    name=f"{task}_T{context_len}_F{num_facts}_{tag}_n{train_size}-{test_size}_s{seed}",
+    version=VERSION,
+    description=f"bAbI: task={task}, context_len={context_len}, num_facts={num_facts}, "
+    f"filler={filler}, corpus_file={path}, train_size={train_size}, test_size={test_size}, "
+    f"seed={seed}",
+    task=task,
+    context_len=int(context_len),
+    num_facts=int(num_facts),
+    filler=filler,
+    corpus_file=path,
+    train_size=int(train_size),
+    test_size=int(test_size),
+    seed=int(seed),
+  )
+
+
+class BabiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """bAbI qa1/qa2 facts in filler (BABILong style) as a tfds dataset (splits ``train``, ``test``).
+
+  Each example: ``inputs`` int32 ``[context_len]``, ``targets`` int32 ``[context_len]``, ``mask``
+  bool ``[context_len]`` — one row of ``miras_jax.data.babi.babi`` without its ``answer``. Examples
+  are generated one at a time. Build it with ``prepare("babi", data_dir, **options)``.
+  """
+
+  name = "babi"
+  code_path = CODE_PATH
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, BabiConfig):
+      raise ValueError(f"config: expected a BabiConfig (see babi_config), got {cfg!r}")
+    return task_info(
+      self, cfg.context_len, "bAbI qa1/qa2 facts spread through filler (miras_jax.data.babi.babi)."
+    )
+
+  def _split_generators(self, dl_manager):
+    return seeded_splits(self)
+
+  def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    cfg = self.builder_config
+    filler, _ = _Filler.make(cfg.filler, corpus_text(cfg.corpus_file), exclude=_BABI_EXCLUDE)
+    examples = _babi_examples(seed, n, cfg.context_len, cfg.task, cfg.num_facts, filler)
+    for i, (row, _) in enumerate(examples):
+      yield i, row
+
+
+register_dataset("babi", BabiBuilder, BabiConfig, babi_config)
+register_eval_task(
+  "babi_qa1",
+  lambda options, seed, n, length: babi(seed, n, length, "qa1"),
+  byte_level=True,
+  description="bAbI qa1-style: where is a person, facts spread through filler",
+)
+register_eval_task(
+  "babi_qa2",
+  lambda options, seed, n, length: babi(seed, n, length, "qa2"),
+  byte_level=True,
+  description="bAbI qa2-style: where is an object someone carried",
+)

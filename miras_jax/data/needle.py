@@ -1,4 +1,6 @@
-"""RULER-style single needle-in-a-haystack (S-NIAH) tasks, byte-level and numpy-only.
+"""RULER-style single needle-in-a-haystack (S-NIAH) tasks, byte-level: the numpy generator
+``s_niah``, its tfds dataset (``prepare("s_niah", …)``) and the evaluations ``s_niah_pk``, ``s_niah_n``
+and ``s_niah_w`` (registered in ``miras_jax.data.registry``).
 
 One example is a byte string of exactly ``context_len`` tokens (``ByteTokenizer`` ids, vocab 256)::
 
@@ -42,12 +44,27 @@ accuracy are therefore those of emitting the answer after the question (teacher-
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+import os
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+import tensorflow_datasets as tfds
 
+from miras_jax.data.builders import (
+  CODE_PATH,
+  VERSION,
+  check_split_options,
+  corpus_text,
+  filler_tag,
+  seeded_splits,
+  task_info,
+)
+from miras_jax.data.registry import register_dataset, register_eval_task
 from miras_jax.data.tokenizers import EOS_ID
 
 __all__ = ["NEEDLE_KINDS", "NOISE_SENTENCES", "s_niah", "s_niah_min_context_len"]
@@ -345,3 +362,121 @@ def s_niah(
   out["answer"] = np.empty(n, dtype=object)
   out["answer"][:] = answers
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The tfds dataset and the evaluations
+
+
+@dataclasses.dataclass(kw_only=True)
+class SNIAHConfig(tfds.core.BuilderConfig):
+  """Options of ``SNIAHBuilder`` (see ``miras_jax.data.needle.s_niah`` for their meaning).
+
+  ``corpus_file`` is the corpus read for ``filler="corpus"`` (``corpus_text`` of ``s_niah``). Split
+  ``train`` is ``s_niah(2 * seed, train_size, …)`` and ``test`` is ``s_niah(2 * seed + 1, test_size,
+  …)``.
+  """
+
+  kind: str = "pk"
+  context_len: int = 4096
+  depth: float | None = None
+  filler: str = "noise"
+  corpus_file: str | None = None
+  train_size: int = 10_000
+  test_size: int = 1_000
+  seed: int = 0
+
+
+def s_niah_config(
+  *,
+  kind: str = "pk",
+  context_len: int = 4096,
+  depth: float | None = None,
+  filler: str = "noise",
+  corpus_file: str | os.PathLike | None = None,
+  train_size: int = 10_000,
+  test_size: int = 1_000,
+  seed: int = 0,
+) -> SNIAHConfig:
+  """Returns the validated ``SNIAHConfig`` for these options, named after all of them.
+
+  The name is ``{kind}_T{context_len}_d{depth or "U"}_{filler}_n{train_size}-{test_size}_s{seed}``
+  (``U``: uniform random depth), e.g. ``pk_T512_d0.5_noise_n100-20_s0``, where a corpus filler is
+  ``corpus-{file stem}-{12 hex digits of the sha256 of the file}``: the directory follows the
+  corpus's content.
+
+  Raises:
+    ValueError: an option is out of range (the message names it).
+  """
+  check_split_options(train_size, test_size, seed)
+  tag, path = filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  # Validate the task options once, on a single tiny example.
+  s_niah(2 * seed, 1, context_len, kind, depth, filler, corpus_text(path))
+  depth = None if depth is None else float(depth)
+  d = "U" if depth is None else repr(depth)
+  return SNIAHConfig(
+    name=f"{kind}_T{context_len}_d{d}_{tag}_n{train_size}-{test_size}_s{seed}",
+    version=VERSION,
+    description=f"S-NIAH: kind={kind}, context_len={context_len}, depth={depth}, filler={filler}, "
+    f"corpus_file={path}, train_size={train_size}, test_size={test_size}, seed={seed}",
+    kind=kind,
+    context_len=int(context_len),
+    depth=depth,
+    filler=filler,
+    corpus_file=path,
+    train_size=int(train_size),
+    test_size=int(test_size),
+    seed=int(seed),
+  )
+
+
+class SNIAHBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """RULER-style single needle in a haystack as a tfds dataset (splits ``train`` and ``test``).
+
+  Each example: ``inputs`` int32 ``[context_len]``, ``targets`` int32 ``[context_len]``, ``mask``
+  bool ``[context_len]`` and ``depth`` float32 scalar (the depth used) — one row of
+  ``miras_jax.data.needle.s_niah`` without its ``answer`` (the answer is the last bytes of
+  ``inputs``, under the mask shifted by one). Examples are generated one at a time. Build it with
+  ``prepare("s_niah", data_dir, **options)``.
+  """
+
+  name = "s_niah"
+  code_path = CODE_PATH
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, SNIAHConfig):
+      raise ValueError(f"config: expected an SNIAHConfig (see s_niah_config), got {cfg!r}")
+    return task_info(
+      self,
+      cfg.context_len,
+      "RULER-style single needle in a haystack (miras_jax.data.needle.s_niah).",
+      depth=tfds.features.Scalar(dtype=np.float32),
+    )
+
+  def _split_generators(self, dl_manager):
+    return seeded_splits(self)
+
+  def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    cfg = self.builder_config
+    filler, _ = _Filler.make(cfg.filler, corpus_text(cfg.corpus_file), exclude=_NEEDLE_EXCLUDE)
+    examples = _s_niah_examples(seed, n, cfg.context_len, cfg.kind, cfg.depth, filler)
+    for i, (row, depth, _) in enumerate(examples):
+      yield i, row | {"depth": np.float32(depth)}
+
+
+register_dataset("s_niah", SNIAHBuilder, SNIAHConfig, s_niah_config)
+_EVALS = {
+  "pk": "RULER S-NIAH-PK: a passkey in repeated noise (byte level, vocab ≥ 256)",
+  "n": "S-NIAH-N: a number needle keyed by a word",
+  "w": "S-NIAH-W: a uuid needle keyed by a word",
+}
+for _kind, _what in _EVALS.items():
+  register_eval_task(
+    f"s_niah_{_kind}",
+    lambda options, seed, n, length, kind=_kind: s_niah(seed, n, length, kind),
+    byte_level=True,
+    description=_what,
+  )

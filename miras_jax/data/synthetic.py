@@ -1,11 +1,25 @@
-"""Synthetic tasks in numpy: multi-query associative recall (MQAR, Zoology; Arora et al. 2023)."""
+"""The MQAR task (multi-query associative recall, Zoology; Arora et al. 2023): its numpy generator
+``mqar``, its tfds dataset (``MQARConfig``, ``mqar_config``, ``MQARBuilder``: ``prepare("mqar", …)``)
+and its evaluation ``mqar``, registered in ``miras_jax.data.registry``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Iterator
 
 import numpy as np
+import tensorflow_datasets as tfds
+
+from miras_jax.data.builders import (
+  CODE_PATH,
+  VERSION,
+  check_split_options,
+  seeded_splits,
+  task_info,
+)
+from miras_jax.data.registry import register_dataset, register_eval_task
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -121,3 +135,108 @@ def mqar(
   mask = np.zeros((n, seq_len), dtype=bool)
   np.put_along_axis(mask, query_pos, True, axis=1)
   return {"inputs": inputs, "targets": targets, "mask": mask}
+
+
+# ------------------------------------------------------------------------------------------------
+# The tfds dataset and the evaluation
+
+
+@dataclasses.dataclass(kw_only=True)
+class MQARConfig(tfds.core.BuilderConfig):
+  """Options of ``MQARBuilder`` (see ``miras_jax.data.synthetic.mqar`` for their meaning).
+
+  Split ``train`` is ``mqar(2 * seed, train_size, …)`` and split ``test`` is
+  ``mqar(2 * seed + 1, test_size, …)``: the two splits use different seeds, and no two configs with
+  different ``seed`` share a split seed.
+  """
+
+  seq_len: int = 256
+  vocab: int = 8192
+  num_pairs: int = 16
+  train_size: int = 100_000
+  test_size: int = 3_000
+  seed: int = 0
+  power_a: float = 0.01
+
+
+def mqar_config(
+  *,
+  seq_len: int = 256,
+  vocab: int = 8192,
+  num_pairs: int = 16,
+  train_size: int = 100_000,
+  test_size: int = 3_000,
+  seed: int = 0,
+  power_a: float = 0.01,
+) -> MQARConfig:
+  """Returns the validated ``MQARConfig`` for these options, named after all of them.
+
+  The name is ``T{seq_len}_V{vocab}_P{num_pairs}_a{power_a}_n{train_size}-{test_size}_s{seed}``, e.g.
+  ``T64_V128_P4_a0.01_n1000-100_s0``, so different options land in different directories.
+
+  Raises:
+    ValueError: an option is out of range (the message names it).
+  """
+  check_split_options(train_size, test_size, seed)
+  # Validate the task options once, on a single tiny example.
+  mqar(seed=2 * seed, n=1, seq_len=seq_len, vocab=vocab, num_pairs=num_pairs, power_a=power_a)
+  power_a = float(power_a)
+  name = f"T{seq_len}_V{vocab}_P{num_pairs}_a{power_a!r}_n{train_size}-{test_size}_s{seed}"
+  return MQARConfig(
+    name=name,
+    version=VERSION,
+    description=f"MQAR: seq_len={seq_len}, vocab={vocab}, num_pairs={num_pairs}, "
+    f"power_a={power_a}, train_size={train_size}, test_size={test_size}, seed={seed}",
+    seq_len=int(seq_len),
+    vocab=int(vocab),
+    num_pairs=int(num_pairs),
+    train_size=int(train_size),
+    test_size=int(test_size),
+    seed=int(seed),
+    power_a=power_a,
+  )
+
+
+class MQARBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Multi-query associative recall as a tfds dataset (splits ``train`` and ``test``).
+
+  Each example: ``inputs`` int32 ``[seq_len]``, ``targets`` int32 ``[seq_len]``, ``mask`` bool
+  ``[seq_len]`` — one row of ``miras_jax.data.synthetic.mqar`` (generated in memory per split:
+  about ``9 * seq_len`` bytes per example). Build it with ``prepare("mqar", data_dir, **options)``
+  or ``MQARBuilder(data_dir=…, config=mqar_config(…), file_format="array_record")``.
+  """
+
+  name = "mqar"
+  code_path = CODE_PATH
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if not isinstance(cfg, MQARConfig):
+      raise ValueError(f"config: expected an MQARConfig (see mqar_config), got {cfg!r}")
+    return task_info(
+      self,
+      cfg.seq_len,
+      "Zoology-style multi-query associative recall (miras_jax.data.synthetic.mqar).",
+    )
+
+  def _split_generators(self, dl_manager):
+    return seeded_splits(self)
+
+  def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    cfg = self.builder_config
+    data = mqar(seed, n, cfg.seq_len, cfg.vocab, cfg.num_pairs, cfg.power_a)
+    for i in range(n):
+      yield i, {k: v[i] for k, v in data.items()}
+
+
+register_dataset("mqar", MQARBuilder, MQARConfig, mqar_config)
+register_eval_task(
+  "mqar",
+  lambda options, seed, n, length: mqar(
+    seed, n, length, options.get("vocab", 64), options.get("num_pairs", 8)
+  ),
+  byte_level=False,
+  description="the run's MQAR options at the given length (needs the run's vocabulary)",
+)

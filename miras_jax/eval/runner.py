@@ -1,6 +1,7 @@
 """Evaluate a trained run: per task and context length, masked-token and exact-match accuracy.
 
-Tasks (each a deterministic generator of ``{inputs, targets, mask}`` batches, see miras_jax.data):
+Tasks: every evaluation a task module of miras_jax.data registers (``TASKS``: name → ``EvalTask``,
+a deterministic generator of ``{inputs, targets, mask}`` batches), today
 
   mqar        the run's MQAR options at the given length (needs the run's vocabulary)
   s_niah_pk   RULER S-NIAH-PK: a passkey in repeated noise (byte level, vocab ≥ 256)
@@ -8,7 +9,8 @@ Tasks (each a deterministic generator of ``{inputs, targets, mask}`` batches, se
   s_niah_w    S-NIAH-W: a uuid needle keyed by a word
   babi_qa1    bAbI qa1-style: where is a person, facts spread through filler
   babi_qa2    bAbI qa2-style: where is an object someone carried
-  perplexity  the run's held-out split (text corpora), the length is the run's pack_len
+
+and ``perplexity``: the run's held-out split (text corpora), the length is the run's pack_len.
 
 ``token_accuracy`` is the fraction of answer tokens predicted right (argmax, teacher-forced);
 ``exact_match`` the fraction of examples whose answer tokens are all right.
@@ -31,28 +33,7 @@ from miras_jax.train.checkpoint import Checkpointer
 from miras_jax.train.loop import build
 from miras_jax.train.settings import RunSettings, settings_from_config
 
-
-def _mqar(run: RunSettings, seed: int, n: int, length: int):
-  o = run.data.options
-  return mdata.mqar(seed, n, length, o.get("vocab", 64), o.get("num_pairs", 8))
-
-
-def _needle(kind):
-  return lambda run, seed, n, length: mdata.s_niah(seed, n, length, kind)
-
-
-def _babi(task):
-  return lambda run, seed, n, length: mdata.babi(seed, n, length, task)
-
-
-TASKS = {
-  "mqar": _mqar,
-  "s_niah_pk": _needle("pk"),
-  "s_niah_n": _needle("n"),
-  "s_niah_w": _needle("w"),
-  "babi_qa1": _babi("qa1"),
-  "babi_qa2": _babi("qa2"),
-}
+TASKS = mdata.registry.EVAL_TASKS  # name -> EvalTask, filled by the task modules of miras_jax.data
 
 
 def _restore(run: RunSettings, workdir: Path, mesh):
@@ -120,10 +101,10 @@ def evaluate(
   for task in tasks:
     if task == "perplexity":
       continue
-    if task != "mqar" and model_config.vocab < 256:
+    if TASKS[task].byte_level and model_config.vocab < 256:
       raise ValueError(f"task {task!r} is byte level: the model's vocab {model_config.vocab} < 256")
     for length in lengths:
-      batch = TASKS[task](run, seed, examples, int(length))
+      batch = TASKS[task].examples(run.data.options, seed, examples, int(length))
       right = total = nll = exact = 0.0
       for i in range(0, examples - examples % batch_size or examples, batch_size):
         part = {k: np.asarray(batch[k][i : i + batch_size]) for k in ("inputs", "targets", "mask")}
