@@ -1,5 +1,6 @@
 """Shared defaults of the run configs (imported by the per-model files; not a config itself)."""
 
+import copy
 import os
 
 import ml_collections
@@ -89,3 +90,47 @@ def base(model: str, size: str = "tiny", **overrides) -> ml_collections.ConfigDi
 def model_config(model: str, arg: str | None, **overrides) -> ml_collections.ConfigDict:
   """``arg`` is the size (default tiny)."""
   return base(model, arg or "tiny", **overrides)
+
+
+def with_overrides(config, *, steps: int | None = None, lr: float | None = None, **model_overrides):
+  """A copy of ``config`` with model overrides (and ``train.steps`` / ``optimizer.lr`` when given)
+  applied."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for k, v in model_overrides.items():
+      c.model.overrides[k] = v
+    if steps:
+      c.train.steps = int(steps)
+    if lr:
+      c.optimizer.lr = float(lr)
+  return c
+
+
+def sweep(name: str, title: str, metric: str, tasks, lengths, variants, **fields):
+  """A sweep spec (``miras_jax.eval.sweeps``; run by ``python -m experiments.sweep``): ``variants``
+  are ``(name, run config)`` pairs in the table's order; ``fields``: examples, batch_size, reuse,
+  match_params, report (see ``sweeps.SPEC_DEFAULTS``)."""
+  s = ml_collections.ConfigDict()
+  s.name = name  # OUT/<name>/ and docs/results/<name>.*
+  s.title = title  # the plot's title
+  s.metric = metric  # the table's metric: exact_match | token_accuracy
+  s.tasks = tuple(tasks)  # evaluation tasks
+  s.lengths = tuple(lengths)  # evaluation context lengths
+  s.variants = tuple(variants)  # (name, run config) pairs
+  for key, value in fields.items():
+    s[key] = value
+  return s
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """``"a,k=v,…"`` → ``{first key: "a", k: "v", …}`` over ``defaults`` (the first key takes a bare
+  value): the argument of a config with options, e.g. ``miras_models.py:s_niah_pk,clip=10``."""
+  out = dict(defaults)
+  first = next(iter(defaults))
+  for part in filter(None, (arg or "").split(",")):
+    key, sep, value = part.partition("=")
+    key, value = (key, value) if sep else (first, key)
+    if key not in defaults:
+      raise ValueError(f"config argument {part!r}: unknown option; known: {', '.join(defaults)}")
+    out[key] = value
+  return out

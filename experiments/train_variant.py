@@ -34,21 +34,18 @@ def define_flags():
   flags.mark_flags_as_required(["name"])
 
 
-MODELS = ("miras_lm", "hybrid_lm", "titans_mac", "titans_mag", "titans_mal", "transformer", "hope")
-
-
 def variant_config(model: str, overrides: dict, *, lr: float, steps: int, seed: int, data_dir: str):
   """``configs/mqar.py`` for ``model`` with ``overrides`` (JSON lists become tuples)."""
-  from configs import mqar
-  from experiments import sweeplib
+  from configs import common, mqar
+  from miras_jax import models
 
   overrides = dict(overrides)
-  if model not in MODELS:
+  if model not in models.names():  # a memory preset: miras_lm with that rule
     overrides["preset"], model = model, "miras_lm"
   if "preset_options" in overrides:
     overrides["preset_options"] = tuple(tuple(p) for p in overrides["preset_options"])
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-  c = sweeplib.with_overrides(mqar.get_config(model), lr=lr, steps=steps, **overrides)
+  c = common.with_overrides(mqar.get_config(model), lr=lr, steps=steps, **overrides)
   with c.unlocked():
     c.train.seed = seed
     c.data.data_dir = data_dir
@@ -61,13 +58,13 @@ def variant_config(model: str, overrides: dict, *, lr: float, steps: int, seed: 
 
 def main(argv):
   del argv
-  from experiments import sweeplib
+  from miras_jax.eval import sweeps
   from miras_jax.train.loop import train
 
   overrides = json.loads(FLAGS.overrides)
   c = variant_config(FLAGS.model, overrides, lr=FLAGS.lr, steps=FLAGS.steps, seed=FLAGS.seed,
                      data_dir=FLAGS.data_dir)  # fmt: skip
-  sweeplib.quiet()
+  sweeps.quiet()
   summary = train(c, f"{FLAGS.workdir_root}/{FLAGS.name}")
   line = dict(name=FLAGS.name, model=FLAGS.model, overrides=overrides, lr=FLAGS.lr,
               steps=FLAGS.steps, seed=FLAGS.seed, acc=summary.get("eval/accuracy"),

@@ -1,5 +1,5 @@
 """Hope at CPU scale on the sweeps' MQAR task: the base of the Table 6 ablation
-(``experiments/sweep_hope_ablation.py``). Narrower than the other sweeps' models (width 32): Hope's
+(``configs/sweeps/hope_ablation.py``). Narrower than the other sweeps' models (width 32): Hope's
 token-serial inner writes cost about 0.9 s per step on 2 CPU cores at this size.
 
   python -m experiments.train --config=configs/sweeps/hope_mqar.py --workdir=/tmp/hope_mqar

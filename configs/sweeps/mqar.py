@@ -5,7 +5,7 @@ fewer steps) so that variants separate and one run takes well under a minute on 
   python -m experiments.train --config=configs/sweeps/mqar.py:gated_delta_net --workdir=/tmp/s
 
 ``arg``: a model name (default miras_lm, titans_lmm memory) or a memory preset name (then
-miras_lm with that preset). The sweeps (``experiments/sweep_*.py``) override model fields per
+miras_lm with that preset). The sweeps (``configs/sweeps/<sweep>.py``) override model fields per
 variant. Chance accuracy on the queried values is 1 / (vocab / 2).
 
 ``guard_options`` are the numerical guards the sweeps run memories with at the higher lr 1e-2
@@ -13,7 +13,7 @@ variant. Chance accuracy on the queried values is 1 / (vocab / 2).
 diverged run was replayed and diagnosed (docs/models.md, "Numerical guards"):
 
 - ``grad_clip=INNER_CLIP`` for every MLP memory: Moneta's inner loop blew up to NaN by optimizer
-  step 60 without it. Measured later (``sweep_inner_clip``): 1 is too tight (it nearly stops the
+  step 60 without it. Measured later (``configs/sweeps/inner_clip.py``): 1 is too tight (it nearly stops the
   Titans LMM learning MQAR; 10 and 3 learn, none diverges 3 of 3); it stays 1 here because the
   published needle and lr-1e-2 runs were made with it;
 - Moneta ``eps=LQ_EPS``, a floor of ‖A‖_4 in W = A / ‖A‖_4²: a learned retention gate α ≈ 1e-5

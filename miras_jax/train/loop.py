@@ -80,6 +80,13 @@ def _sources(run: RunSettings, workdir: Path):
   return sources[d.train_split], sources[d.eval_split]
 
 
+def first_train_batch(run: RunSettings, workdir: str) -> dict:
+  """The first training batch ``run`` draws (numpy arrays), its data prepared under ``workdir``
+  (or ``run.data.data_dir``): what the loop's first step trains on."""
+  source, _ = _sources(run, _workdir(workdir))
+  return next(_loader(source, run, seed=run.train.seed, eval_=False))
+
+
 def _loader(source, run: RunSettings, *, seed: int, eval_: bool):
   n_proc = jax.process_count()
   return mdata.make_loader(

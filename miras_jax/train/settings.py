@@ -233,12 +233,19 @@ def model_config(model: ModelSettings):
       f"model.overrides: {', '.join(unknown)} not a field of {cls.__name__} "
       f"(model {model.name!r}); its fields: {', '.join(fields)}"
     )
-  given = {name: v for name, v in model.defaults.items() if name in fields}
-  given.update(model.overrides)
   try:
-    return models.config(model.name, model.size, **given)
+    return models.config(model.name, model.size, **model_fields(model))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"model.overrides ({model.name}, size {model.size}): {e}") from e
+
+
+def model_fields(model: ModelSettings) -> dict:
+  """The config fields ``model`` sets: its ``defaults`` that the model's config class has, then its
+  ``overrides`` (which win)."""
+  fields = {f.name for f in dataclasses.fields(_config_class(model.name))}
+  given = {name: v for name, v in model.defaults.items() if name in fields}
+  given.update(model.overrides)
+  return given
 
 
 def _config_class(name: str) -> type:

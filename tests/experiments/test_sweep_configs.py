@@ -3,8 +3,7 @@
 import pytest
 
 import miras_jax as mj
-from configs.sweeps import mqar, needle
-from experiments import sweep_miras_models
+from configs.sweeps import miras_models, mqar, needle
 
 
 @pytest.mark.parametrize("preset", ["titans_lmm", "moneta", "yaad", "memora", "gated_delta_net"])
@@ -25,8 +24,8 @@ def test_linear_memories_keep_their_exact_form():
 
 
 def test_mqar_rerun_at_another_lr():
-  configs = dict(sweep_miras_models.variants("mqar", lr=1e-2))
-  base = dict(sweep_miras_models.variants("mqar"))
+  configs = dict(miras_models.get_config("lr=0.01").variants)
+  base = dict(miras_models.get_config().variants)
   for name, c in configs.items():
     assert c.optimizer.lr == 1e-2
     assert c.model.overrides.get("mlp_hidden") == base[name].model.overrides.get("mlp_hidden")
@@ -34,8 +33,10 @@ def test_mqar_rerun_at_another_lr():
     mqar.guard_options("moneta")
   )
   assert "preset_options" not in base["moneta"].model.overrides
-  with pytest.raises(ValueError, match="--lr"):
-    sweep_miras_models.variants("s_niah_pk", lr=1e-2)
+  with pytest.raises(ValueError, match="lr= applies to the MQAR sweep only"):
+    miras_models.get_config("s_niah_pk,lr=0.01")
+  with pytest.raises(ValueError, match="unknown option; known: task, lr, clip"):
+    miras_models.get_config("mqar,steps=3")
 
 
 def test_with_inner_clip_replaces_only_the_clip():

@@ -1,6 +1,6 @@
 """Nested Learning Table 6 at CPU scale: Hope and its ablations on MQAR.
 
-  nice -n 5 .venv/bin/python -m experiments.sweep_hope_ablation --seeds=2
+  nice -n 5 .venv/bin/python -m experiments.sweep --sweep=configs/sweeps/hope_ablation.py --seeds=2
 
 Variants (``hope``, config ``configs/sweeps/hope_mqar.py``; the paper's Table 6 columns):
 
@@ -17,35 +17,24 @@ paper's text says (notes §9.6). Results: ``runs/sweeps/hope_ablation/`` and
 ``docs/results/hope_ablation.*``.
 """
 
-from absl import app
-
+from configs import common
 from configs.sweeps import hope_mqar, mqar
-from experiments import sweeplib
-from miras_jax.core.selfmod import MEMORIES
 
-SWEEP = "hope_ablation"
+# Hope's self-modifying memories (miras_jax.core.selfmod.MEMORIES; a test holds them equal)
+MEMORIES = ("k", "v", "eta", "alpha", "memory")
 
 
-def variants():
+def get_config(arg: str | None = None):
   base = hope_mqar.get_config("hope")
   without = lambda name: tuple(m for m in MEMORIES if m != name)  # noqa: E731
-  return [
+  variants = [
     ("hope", base),
-    ("no_dgd", sweeplib.with_overrides(base, dgd=False)),
-    ("no_momentum", sweeplib.with_overrides(base, momentum=False)),
-    ("no_weight_decay", sweeplib.with_overrides(base, retention=False)),
-    ("no_cms", sweeplib.with_overrides(base, cms=False)),
-    ("no_inner_k", sweeplib.with_overrides(base, adaptive=without("k"))),
-    ("no_inner_v", sweeplib.with_overrides(base, adaptive=without("v"))),
+    ("no_dgd", common.with_overrides(base, dgd=False)),
+    ("no_momentum", common.with_overrides(base, momentum=False)),
+    ("no_weight_decay", common.with_overrides(base, retention=False)),
+    ("no_cms", common.with_overrides(base, cms=False)),
+    ("no_inner_k", common.with_overrides(base, adaptive=without("k"))),
+    ("no_inner_v", common.with_overrides(base, adaptive=without("v"))),
   ]
-
-
-def main(argv):
-  del argv
-  sweeplib.main(SWEEP, variants(), tasks=("mqar",), lengths=(mqar.SEQ_LEN,), metric="token_accuracy",
-                title="Hope ablations on MQAR (Nested Learning Table 6)")  # fmt: skip
-
-
-if __name__ == "__main__":
-  sweeplib.define_flags()
-  app.run(main)
+  return common.sweep("hope_ablation", "Hope ablations on MQAR (Nested Learning Table 6)",
+                      "token_accuracy", ("mqar",), (mqar.SEQ_LEN,), variants)  # fmt: skip

@@ -1,7 +1,7 @@
 """Sweep (a): deep (2-layer MLP) vs linear Titans memory on MQAR (Titans §3.1, §5.5 Fig 7: deeper
 memories recall better).
 
-  nice -n 5 .venv/bin/python -m experiments.sweep_memory_depth --seeds=3
+  nice -n 5 .venv/bin/python -m experiments.sweep --sweep=configs/sweeps/memory_depth.py --seeds=3
 
 Variants (miras_lm, ``preset="titans_lmm"``, config ``configs/sweeps/mqar.py``): the memory
 ``M`` is linear (L_M = 1, ``preset_options=(("memory", "linear"),)``), the paper's 2-layer SiLU MLP
@@ -9,30 +9,18 @@ Variants (miras_lm, ``preset="titans_lmm"``, config ``configs/sweeps/mqar.py``):
 ``docs/results/memory_depth.*``.
 """
 
-from absl import app
-
+from configs import common
 from configs.sweeps import mqar
-from experiments import sweeplib
 
-SWEEP = "memory_depth"
 DEEP3 = {"depth": 3, "expansion": 4, "activation": "silu"}  # Titans' MLP with one more layer
 
 
-def variants():
+def get_config(arg: str | None = None):
   base = mqar.get_config("titans_lmm")
-  return [
-    ("linear_LM1", sweeplib.with_overrides(base, preset_options=(("memory", "linear"),))),
+  variants = [
+    ("linear_LM1", common.with_overrides(base, preset_options=(("memory", "linear"),))),
     ("mlp_LM2", base),
-    ("mlp_LM3", sweeplib.with_overrides(base, preset_options=(("memory", DEEP3),))),
+    ("mlp_LM3", common.with_overrides(base, preset_options=(("memory", DEEP3),))),
   ]
-
-
-def main(argv):
-  del argv
-  sweeplib.main(SWEEP, variants(), tasks=("mqar",), lengths=(mqar.SEQ_LEN,), metric="token_accuracy",
-                title="Titans memory depth on MQAR")  # fmt: skip
-
-
-if __name__ == "__main__":
-  sweeplib.define_flags()
-  app.run(main)
+  return common.sweep("memory_depth", "Titans memory depth on MQAR", "token_accuracy", ("mqar",),
+                      (mqar.SEQ_LEN,), variants)  # fmt: skip

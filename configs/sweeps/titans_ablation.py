@@ -1,7 +1,7 @@
 """Sweep (b): Titans' LMM with and without momentum, with and without forgetting, on MQAR (Titans
 Table 5 ablation: both the momentum S_t and the weight decay α_t help).
 
-  nice -n 5 .venv/bin/python -m experiments.sweep_titans_ablation --seeds=3
+  nice -n 5 .venv/bin/python -m experiments.sweep --sweep=configs/sweeps/titans_ablation.py --seeds=3
 
 Variants (miras_lm, 2-layer SiLU MLP memory, config ``configs/sweeps/mqar.py``):
 
@@ -16,12 +16,9 @@ variant is a plain config override. The ``momentum+forget`` runs are reused from
 sweep (same config) when it has them.
 """
 
-from absl import app
-
+from configs import common
 from configs.sweeps import mqar
-from experiments import sweeplib
 
-SWEEP = "titans_ablation"
 ABLATIONS = {
   "forget_only": (("momentum", False),),
   "momentum_only": (("forget", False),),
@@ -29,21 +26,12 @@ ABLATIONS = {
 }  # variant → the titans_lmm preset options that switch its parts off
 
 
-def variants():
+def get_config(arg: str | None = None):
   base = mqar.get_config("titans_lmm")
-  return [("momentum+forget", base)] + [
-    (name, sweeplib.with_overrides(base, preset_options=options))
+  variants = [("momentum+forget", base)] + [
+    (name, common.with_overrides(base, preset_options=options))
     for name, options in ABLATIONS.items()
   ]
-
-
-def main(argv):
-  del argv
-  sweeplib.main(SWEEP, variants(), tasks=("mqar",), lengths=(mqar.SEQ_LEN,), metric="token_accuracy",
-                title="Titans LMM: momentum / forgetting ablation on MQAR",
-                reuse={"momentum+forget": ("memory_depth", "mlp_LM2")})  # fmt: skip
-
-
-if __name__ == "__main__":
-  sweeplib.define_flags()
-  app.run(main)
+  return common.sweep("titans_ablation", "Titans LMM: momentum / forgetting ablation on MQAR",
+                      "token_accuracy", ("mqar",), (mqar.SEQ_LEN,), variants,
+                      reuse={"momentum+forget": ("memory_depth", "mlp_LM2")})  # fmt: skip

@@ -4,18 +4,15 @@ the diagnosed divergence had median per-token norms of ~11, so a clip of 1 shrin
 about tenfold. This sweep runs the Titans LMM and Moneta on the sweeps' MQAR at lr 1e-2 with the
 clip off, at 10, 3 and 1 (Moneta keeps its ℓq floor throughout).
 
-  nice -n 5 .venv/bin/python -m experiments.sweep_inner_clip --seeds=3
+  nice -n 5 .venv/bin/python -m experiments.sweep --sweep=configs/sweeps/inner_clip.py --seeds=3
 
 The clip-1 runs are those of ``sweep_memory_form`` (``titans_lmm_plain``) and
-``sweep_miras_models --lr=1e-2`` (``moneta``): same configs, reused.
+``miras_models.py:lr=0.01`` (``moneta``): same configs, reused.
 """
 
-from absl import app
-
+from configs import common
 from configs.sweeps import mqar
-from experiments import sweeplib
 
-SWEEP = "inner_clip"
 LR = 1e-2  # peak lr (the MQAR re-run's)
 CLIPS = {"titans_lmm": (None, 10.0, 3.0, 1.0), "moneta": (10.0, 1.0)}  # None: no clip
 REUSE = {
@@ -24,8 +21,8 @@ REUSE = {
 }
 
 
-def variants():
-  out = []
+def get_config(arg: str | None = None):
+  variants = []
   for preset, clips in CLIPS.items():
     for clip in clips:
       options = tuple((k, v) for k, v in mqar.guard_options(preset) if k != "grad_clip")
@@ -33,16 +30,6 @@ def variants():
         options = (("grad_clip", clip),) + options
       name = f"{preset}_clip{clip:g}" if clip is not None else f"{preset}_noclip"
       model = {"preset_options": options} if options else {}
-      out.append((name, sweeplib.with_overrides(mqar.get_config(preset), lr=LR, **model)))
-  return out
-
-
-def main(argv):
-  del argv
-  sweeplib.main(SWEEP, variants(), tasks=("mqar",), lengths=(mqar.SEQ_LEN,), metric="token_accuracy",
-                title=f"Inner-gradient clip on MQAR (lr {LR:g})", reuse=REUSE)  # fmt: skip
-
-
-if __name__ == "__main__":
-  sweeplib.define_flags()
-  app.run(main)
+      variants.append((name, common.with_overrides(mqar.get_config(preset), lr=LR, **model)))
+  return common.sweep("inner_clip", f"Inner-gradient clip on MQAR (lr {LR:g})", "token_accuracy",
+                      ("mqar",), (mqar.SEQ_LEN,), variants, reuse=REUSE)  # fmt: skip

@@ -1,5 +1,11 @@
-"""Shared machinery of the ``experiments/sweep_*.py`` scripts: train + evaluate every (variant,
-seed), resumably, then aggregate over seeds into a markdown table, a PNG and a JSON-lines file.
+"""Sweeps: train + evaluate every (variant, seed) of a sweep, resumably, then aggregate over seeds
+into a markdown table, a PNG and a JSON-lines file.
+
+A sweep is data: a config file ``configs/sweeps/<sweep>.py`` whose ``get_config(arg)`` returns its
+spec (``Sweep``: name, title, metric, evaluation tasks and lengths, the variants as ``(name, run
+config)`` pairs, runs reused from other sweeps, parameter matching, an optional report), and one
+entry point runs any of them (``python -m experiments.sweep --sweep=configs/sweeps/<sweep>.py``;
+``run`` here).
 
 Layout under ``OUT/<sweep>/``::
 
@@ -101,7 +107,7 @@ def run_one(
     "variant": variant,
     "seed": int(seed),
     "model": config.model.name,
-    "overrides": {k: _jsonable(v) for k, v in config.model.overrides.items()},
+    "overrides": _model_fields(config),
     "params": int(summary["params"]),
     "steps": int(summary["step"]),
     "batch_size": int(config.train.batch_size),
@@ -113,6 +119,22 @@ def run_one(
     "loss_curve": curve,
     "eval": evals,
   }
+
+
+def _model_settings(config):
+  from miras_jax.train import settings
+
+  m = config.model
+  defaults = dict(m.get("defaults") or {})
+  return settings.ModelSettings(m.name, m.get("size", "tiny"), dict(m.overrides), defaults)
+
+
+def _model_fields(config) -> dict:
+  """The model config fields ``config`` sets (its model defaults that apply, then its overrides),
+  as recorded in a result line."""
+  from miras_jax.train import settings
+
+  return {k: _jsonable(v) for k, v in settings.model_fields(_model_settings(config)).items()}
 
 
 def _jsonable(v):
@@ -181,7 +203,7 @@ def _reused(out: Path, source: tuple[str, str] | None, seed: int, config) -> dic
   if source is None:
     return None
   other, variant = source
-  want = {k: _jsonable(v) for k, v in config.model.overrides.items()}
+  want = _model_fields(config)
   for r in read_lines(out / other / "results.jsonl"):
     same = (r["variant"], r["seed"], r["model"], r["overrides"], r["steps"], r["batch_size"]) == (
       variant, seed, config.model.name, want, config.train.steps, config.train.batch_size
@@ -378,9 +400,7 @@ def count_params(config) -> int:
   from miras_jax.train import settings
 
   m = config.model
-  model_config = settings.model_config(
-    settings.ModelSettings(m.name, m.size, dict(m.overrides), dict(m.get("defaults") or {}))
-  )
+  model_config = settings.model_config(_model_settings(config))
   abstract = nnx.eval_shape(lambda: models.get(m.name, model_config, rngs=nnx.Rngs(0)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
@@ -408,49 +428,190 @@ def match_params(config, target: int, field: str = "mlp_hidden"):
   return with_value(best)
 
 
-def with_overrides(config, *, steps: int | None = None, lr: float | None = None, **model_overrides):
-  """A copy of ``config`` with model overrides (and ``train.steps`` / ``optimizer.lr`` when given)
-  applied."""
+def _with_steps(config, steps: int):
   c = copy.deepcopy(config)
   with c.unlocked():
-    for k, v in model_overrides.items():
-      c.model.overrides[k] = v
-    if steps:
-      c.train.steps = int(steps)
-    if lr:
-      c.optimizer.lr = float(lr)
+    c.train.steps = int(steps)
   return c
 
 
-def define_flags():
-  """The flags every sweep script takes (call at import time of the script)."""
-  from absl import flags
+# ---- sweeps as data -----------------------------------------------------------------------------
+SPEC_FIELDS = {
+  "name": "the sweep's name: OUT/<name>/ and docs/results/<name>.{md,png,jsonl}",
+  "title": "the plot's title",
+  "metric": "the table's metric: exact_match | token_accuracy",
+  "tasks": "evaluation tasks (miras_jax.eval.TASKS)",
+  "lengths": "evaluation context lengths",
+  "variants": "(name, run config) pairs, in the table's order",
+}
+SPEC_DEFAULTS = {
+  "examples": 256,  # evaluation examples per task and length
+  "batch_size": 64,  # evaluation batch
+  "reuse": {},  # variant -> (sweep, variant) whose finished runs of the same config are copied
+  "match_params": {},  # variant -> the variant whose parameter count its mlp_hidden is matched to
+  "report": "",  # a REPORTS entry run after publishing ("" none)
+  "report_options": {},  # what the report reads
+}
+REPORTS: dict[str, Callable] = {}  # name -> fn(spec, variants: dict, out, docs), extra outputs
 
-  flags.DEFINE_integer("seeds", 3, "seeds per variant (0 … seeds-1)")
-  flags.DEFINE_string("out", "runs/sweeps", "output root (OUT/<sweep>/…)")
-  flags.DEFINE_integer("steps", 0, "training steps per run (0: the config's)")
-  flags.DEFINE_string("docs", "docs/results", "where the table, plot and lines are published")
-  flags.DEFINE_bool("aggregate_only", False, "only aggregate and publish the finished runs")
-  flags.DEFINE_list("only", [], "run only these variants (default all)")
+
+def check_spec(spec) -> None:
+  """Raises ``ValueError`` naming a missing or unknown field of a sweep spec."""
+  missing = [k for k in SPEC_FIELDS if k not in spec]
+  unknown = [k for k in spec if k not in SPEC_FIELDS and k not in SPEC_DEFAULTS]
+  if missing or unknown:
+    raise ValueError(
+      f"sweep spec: missing {missing}, unknown {unknown}; fields: "
+      f"{sorted(SPEC_FIELDS) + sorted(SPEC_DEFAULTS)}"
+    )
+  if spec.metric not in METRICS:
+    raise ValueError(f"sweep spec: metric must be one of {METRICS}; got {spec.metric!r}")
+  names = [name for name, _ in spec.variants]
+  for field in ("reuse", "match_params"):
+    bad = sorted(set(dict(spec.get(field) or {})) - set(names))
+    if bad:
+      raise ValueError(f"sweep spec: {field} names unknown variants {bad}; variants: {names}")
+  report = spec.get("report") or ""
+  if report and report not in REPORTS:
+    raise ValueError(f"sweep spec: unknown report {report!r}; known: {sorted(REPORTS)}")
 
 
-def main(sweep: str, variants: Sequence[tuple[str, Any]], *, tasks: Sequence[str],
-         lengths: Sequence[int], title: str, metric: str, examples: int = 256,
-         batch_size: int = 64, reuse: dict | None = None) -> None:  # fmt: skip
-  """Runs the sweep as the flags of ``define_flags`` say, then aggregates and publishes."""
-  from absl import flags
+def _field(spec, name):
+  value = spec.get(name)
+  return SPEC_DEFAULTS[name] if value is None else value
 
-  f = flags.FLAGS
+
+def variants_of(spec) -> list[tuple[str, Any]]:
+  """The spec's ``(name, config)`` variants, with ``match_params`` applied: the named variants'
+  SwiGLU width is set so that their parameter count matches their target variant's."""
+  check_spec(spec)
+  configs = dict(spec.variants)
+  for name, source in dict(_field(spec, "match_params")).items():
+    configs[name] = match_params(configs[name], count_params(configs[source]))
+  return [(name, configs[name]) for name, _ in spec.variants]
+
+
+def run(spec, *, seeds: int = 3, out: str = "runs/sweeps", steps: int = 0,
+        docs: str = "docs/results", aggregate_only: bool = False,
+        only: Sequence[str] = ()) -> list[dict]:  # fmt: skip
+  """Runs the sweep ``spec`` (every variant × seeds 0 … seeds−1 not yet finished under
+  ``OUT/<name>/``), then aggregates, publishes to ``docs`` and runs its report; returns the rows.
+
+  ``steps``: training steps of every run (0: the configs'); ``only``: run only these variants (all
+  are aggregated); ``aggregate_only``: train nothing.
+  """
   quiet()
-  enable_compilation_cache()
-  if f.steps:
-    variants = [(n, with_overrides(c, steps=f.steps)) for n, c in variants]
+  variants = variants_of(spec)
+  if steps:
+    variants = [(n, _with_steps(c, steps)) for n, c in variants]
   order = [n for n, _ in variants]
-  unknown = [n for n in f.only if n not in order]
+  unknown = [n for n in only if n not in order]
   if unknown:
-    raise ValueError(f"--only: unknown variants {unknown}; known: {order}")
-  todo = [(n, c) for n, c in variants if not f.only or n in f.only]
-  if not f.aggregate_only:
-    run_sweep(sweep, todo, range(f.seeds), f.out, tasks=tasks, lengths=lengths,
-              examples=examples, batch_size=batch_size, reuse=reuse)  # fmt: skip
-  finish(sweep, f.out, order, title=title, docs=f.docs, metric=metric)
+    raise ValueError(f"only: unknown variants {unknown}; known: {order}")
+  todo = [(n, c) for n, c in variants if not only or n in only]
+  reuse = {k: tuple(v) for k, v in dict(_field(spec, "reuse")).items()}
+  if not aggregate_only:
+    enable_compilation_cache()
+    run_sweep(spec.name, todo, range(seeds), out, tasks=tuple(spec.tasks),
+              lengths=tuple(spec.lengths), examples=int(_field(spec, "examples")),
+              batch_size=int(_field(spec, "batch_size")), reuse=reuse)  # fmt: skip
+  rows = finish(spec.name, out, order, title=spec.title, docs=docs, metric=spec.metric)
+  if _field(spec, "report"):
+    REPORTS[_field(spec, "report")](spec, dict(variants), out, docs)
+  return rows
+
+
+# ---- reports ------------------------------------------------------------------------------------
+def optimizer_report(spec, variants: dict, out: str, docs: str) -> None:
+  """The optimizer sweep's extras: the seeds' training-loss curves (``docs/optimizer_loss.png``)
+  and the first step per unit of lr of the ``report_options.first_step`` variants
+  (``docs/optimizer_first_step.json``)."""
+  options = spec.report_options
+  lines = read_lines(Path(out) / spec.name / "results.jsonl")
+  plot_loss_curves(lines, dict(options.lrs), str(Path(docs) / "optimizer_loss.png"))
+  sizes = [dict(variant=name, **first_step(variants[name])) for name in options.first_step]
+  (Path(docs) / "optimizer_first_step.json").write_text(json.dumps(sizes, indent=1) + "\n")
+  for row in sizes:
+    print(json.dumps(row), flush=True)
+
+
+REPORTS["optimizer"] = optimizer_report
+
+
+def plot_loss_curves(lines, lrs: dict, path: str) -> None:
+  """Training loss against step: one panel per optimizer of ``lrs`` (optimizer -> peak lrs), one
+  colour per peak lr, one thin line per seed (a diverged run's line stops where its loss stopped
+  being finite)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 3.6), sharey=True)
+  for ax, (optimizer, rates) in zip(axes, lrs.items(), strict=True):
+    for i, lr in enumerate(rates):
+      runs = [r for r in lines if r["variant"] == f"{optimizer}_lr{lr:g}"]
+      for j, r in enumerate(sorted(runs, key=lambda r: r["seed"])):
+        steps = [step for step, _ in r["loss_curve"]]
+        losses = [float("nan") if loss is None else loss for _, loss in r["loss_curve"]]
+        ax.plot(
+          steps, losses, color=f"C{i}", alpha=0.8, lw=1, label=f"lr {lr:g}" if j == 0 else None
+        )
+    ax.set_title(optimizer, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel("training loss (masked answer tokens)")
+  fig.suptitle("M3 vs AdamW vs Muon on MQAR (configs/mqar.py model), one line per seed", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def first_step(config) -> dict:
+  """The first update per unit of lr, ``Δθ / lr``, of ``config``'s optimizer (constant lr) on one
+  training batch from ``train.seed``'s init: its RMS over all parameters, and the parameter with the
+  largest RMS (name, RMS, largest element, RMS of its gradient)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from miras_jax.train import mesh as mesh_lib
+  from miras_jax.train.loop import build, first_train_batch
+  from miras_jax.train.settings import settings_from_config
+  from miras_jax.train.step import make_eval_step, make_train_step
+
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.optimizer.warmup_steps = 0  # the peak lr from the first step
+    config.optimizer.min_lr_ratio = 1.0
+  run = settings_from_config(config)
+  built = build(run, mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  graphdef, tx, init = built.graphdef, built.tx, built.init
+  state = init(jax.random.key(run.train.seed))
+  batch = {k: jnp.asarray(v) for k, v in first_train_batch(run, run.data.data_dir).items()}
+  new, _ = jax.jit(make_train_step(graphdef, tx))(state, batch)
+  lr = run.optimizer.lr
+  paths, before = zip(*jax.tree_util.tree_flatten_with_path(state.params)[0], strict=True)
+  steps = [np.asarray(b - a) / lr for a, b in zip(before, jax.tree.leaves(new.params), strict=True)]
+  rms = [float(np.sqrt(np.mean(x * x))) for x in steps]
+  worst = int(np.argmax(rms))
+
+  def loss(params):  # the train step's loss: masked nll sum / tokens
+    nll, _, tokens = make_eval_step(graphdef)(params, batch)
+    return nll / tokens
+
+  grad = jax.grad(loss)(state.params)
+  g = np.asarray(jax.tree.leaves(grad)[worst])
+  return {
+    "optimizer": run.optimizer.name,
+    "lr": lr,
+    "rms": float(np.sqrt(sum(float(np.sum(x * x)) for x in steps) / sum(x.size for x in steps))),
+    "largest": {
+      "param": jax.tree_util.keystr(paths[worst]),
+      "shape": list(steps[worst].shape),
+      "rms": rms[worst],
+      "max_abs": float(np.max(np.abs(steps[worst]))),
+      "grad_rms": float(np.sqrt(np.mean(g * g))),
+    },
+  }
