@@ -57,14 +57,11 @@ def scale_by_retention(tree, g: Gates, *, required: bool = True):
   return jax.tree.map(scale, tree)
 
 
-@dataclasses.dataclass(frozen=True)
-class NoRetention:
-  """W_t = W_{t−1} + Δ_t."""
+class _LinearRetention:
+  """The retention gates linear in the state: W_t = decay(W_{t−1}) + Δ_t, with ``decay`` the
+  diagonal map of ``scale_by_retention`` (or the identity)."""
 
-  name = "none"
-  gates = ()
   optional_gates = ()
-  channels = "any"
   has_accum = False
   linear_in_state = True
   minibatch = "linear"
@@ -76,15 +73,24 @@ class NoRetention:
   def to_domain(self, raw):
     return raw
 
-  def decay(self, weights, g):
-    return weights
-
   def write(self, weights, accum, step, g):
-    return jax.tree.map(jnp.add, weights, step), None
+    return jax.tree.map(jnp.add, self.decay(weights, g), step), None
 
 
 @dataclasses.dataclass(frozen=True)
-class Decay:
+class NoRetention(_LinearRetention):
+  """W_t = W_{t−1} + Δ_t."""
+
+  name = "none"
+  gates = ()
+  channels = "any"
+
+  def decay(self, weights, g):
+    return weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Decay(_LinearRetention):
   """W_t = α_t ⊙ W_{t−1} + Δ_t: multiplicative decay (the ℓ2 local + global retention).
 
   ``channels``: ``"scalar"`` needs ``retention: [T]``; ``"key"`` needs ``retention: [T, d_k]``;
@@ -106,23 +112,8 @@ class Decay:
   def gates(self):
     return ("retention", "retention_value") if self.channels == "key_value" else ("retention",)
 
-  optional_gates = ()
-  has_accum = False
-  linear_in_state = True
-  minibatch = "linear"
-  domain = "real"
-
-  def init(self, weights):
-    return weights, None
-
-  def to_domain(self, raw):
-    return raw
-
   def decay(self, weights, g):
     return scale_by_retention(weights, g)
-
-  def write(self, weights, accum, step, g):
-    return jax.tree.map(jnp.add, self.decay(weights, g), step), None
 
 
 def lq_scale(a: jax.Array, q: float, eps: float = 0.0) -> jax.Array:
