@@ -31,6 +31,7 @@ from miras_jax.core.cms import VARIANTS as CMS_VARIANTS
 from miras_jax.nn.layers import Linear, RMSNorm, param
 
 SIZES = ("tiny", "170m", "340m", "760m", "1.3b")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # LMConfig.dtype
 
 
 # Shared shape of each size: (layers, dim, heads, head_dim, vocab).
@@ -72,6 +73,9 @@ class LMConfig:
   cms_chunk_sizes: tuple = (2, 8, 32)  # C_ℓ per CMS level: level ℓ updates every C_ℓ tokens
   cms_lrs: tuple = (1e-2, 1e-2, 1e-2)  # η_ℓ per CMS level (0 freezes a level)
   cms_variant: str = "sequential"  # sequential | nested | independent (levels of width mlp_hidden)
+  # compute dtype of projections, attention and MLPs: float32 | bfloat16 (parameters, optimizer
+  # state, the memories' inner state and gates and the logits stay float32)
+  dtype: str = "float32"
 
   # Per size, the fields beyond the shared shape: the SwiGLU width F (chosen so that the model
   # has its nominal parameter count), and windows, segments, persistent tokens, block counts.
@@ -90,6 +94,10 @@ class LMConfig:
       raise ValueError(f"cms_chunk_sizes must be ints >= 1; got {self.cms_chunk_sizes!r}")
     if not all(0 <= lr < float("inf") for lr in self.cms_lrs):
       raise ValueError(f"cms_lrs must be finite and >= 0; got {self.cms_lrs!r}")
+    if self.dtype not in COMPUTE_DTYPES:
+      raise ValueError(
+        f"{type(self).__name__}.dtype must be one of {COMPUTE_DTYPES}; got {self.dtype!r}"
+      )
     if len(self.cms_lrs) != len(self.cms_chunk_sizes) or not self.cms_chunk_sizes:
       raise ValueError(
         f"cms_lrs {self.cms_lrs!r} needs one rate per level of cms_chunk_sizes "
@@ -187,13 +195,15 @@ class LM(nnx.Module):
       raise ValueError(
         f"cache must hold one entry per block ({len(self.blocks)}); got {len(cache)}"
       )
-    x = self.embed[...][tokens]  # [B, T, E]
+    dtype = jnp.dtype(self.config.dtype)
+    x = self.embed[...][tokens].astype(dtype)  # [B, T, E] in the compute dtype
     new_cache = []
     run = nnx.remat(lambda block, x, state: block(x, state)) if self.config.remat else None
     for block, state in zip(self.blocks, cache or [None] * len(self.blocks), strict=True):
       x, state = run(block, x, state) if run is not None else block(x, state)
+      x = x.astype(dtype)  # a block whose core computes in float32 (CMS, Hope) hands back dtype
       new_cache.append(state)
-    return self.head(self.norm(x)), new_cache
+    return self.head(self.norm(x)).astype(jnp.float32), new_cache  # float32 logits for the loss
 
   def decode(self, tokens, cache):
     """Continue ``cache`` with ``tokens: [B, T]`` (T = 1 for step-by-step generation)."""

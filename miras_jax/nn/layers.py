@@ -4,6 +4,10 @@ Every parameter carries logical axis names (``out_sharding`` metadata, created w
 sharding) that a rules table maps to mesh axes in the training stack: ``embed`` (model dim E),
 ``mlp`` (hidden F), ``heads``, ``head_dim``, ``conv`` (kernel taps), ``rank`` (low-rank gates).
 Shapes: B batch, T time, E model dim, H heads, D head dim.
+
+Precision: parameters are float32; a layer computes in its input's dtype (a bfloat16 input casts
+the weights to bfloat16 for the matmul), except ``RMSNorm``, which normalises in float32 and
+returns the input's dtype, and the softmax of ``Attention``, which XLA and cuDNN take in float32.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ class Linear(nnx.Module):
     self.bias = param(rngs, nnx.initializers.zeros, (d_out,), axes[1:]) if use_bias else None
 
   def __call__(self, x):
-    y = x @ self.kernel[...]
-    return y if self.bias is None else y + self.bias[...]
+    y = x @ self.kernel[...].astype(x.dtype)
+    return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -50,7 +54,9 @@ class RMSNorm(nnx.Module):
     self.eps = eps
 
   def __call__(self, x):
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * self.scale[...]
+    h = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # the statistics in float32 at least
+    y = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps) * self.scale[...]
+    return y.astype(x.dtype)
 
 
 class SwiGLU(nnx.Module):
@@ -97,11 +103,11 @@ class ShortConv(nnx.Module):
     b, t, c = x.shape
     if state is None:
       state = self.init_state(b, c, x.dtype)
-    padded = jnp.concatenate([state, x], axis=1)  # [B, K−1+T, C]
-    w = self.weight[...]
+    padded = jnp.concatenate([state.astype(x.dtype), x], axis=1)  # [B, K−1+T, C]
+    w = self.weight[...].astype(x.dtype)
     k = self.kernel
     y = sum(w[j] * padded[:, k - 1 - j : k - 1 - j + t] for j in range(k))
-    return y, padded[:, t:]
+    return y, padded[:, t:].astype(state.dtype)
 
 
 class LowRankGate(nnx.Module):
@@ -116,7 +122,7 @@ class LowRankGate(nnx.Module):
     self.bias = param(rngs, nnx.initializers.constant(bias_init), (out,), ("heads",))
 
   def __call__(self, x):
-    return self.up(self.down(x)) + self.bias[...]
+    return self.up(self.down(x)) + self.bias[...].astype(x.dtype)
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")  # Attention(implementation=)
@@ -192,8 +198,9 @@ class Attention(nnx.Module):
     """softmax(q kᵀ/√D) v over ``keys, vals: [B, S, H, D]`` where ``mask: [T, S]`` allows, with
     the persistent tokens visible to every query; output projected to ``[B, T, E]``."""
     b, t = q.shape[:2]
+    keys, vals = keys.astype(q.dtype), vals.astype(q.dtype)  # a float32 cache under bf16 compute
     if self.persistent is not None:
-      p = self.persistent[...]  # [P, E]
+      p = self.persistent[...].astype(q.dtype)  # [P, E]
       pk, pv = (
         jnp.broadcast_to(self._split(f(p)), (b, p.shape[0], self.heads, self.head_dim))
         for f in (self.k, self.v)

@@ -256,12 +256,15 @@ class NeuralMemory(nnx.Module):
     q, cq = self.conv_q(self.q(x), state.conv_q)
     k, ck = self.conv_k(self.k(x), state.conv_k)
     v, cv = self.conv_v(self.v(x), state.conv_v)
-    heads = lambda y: jax.nn.silu(y).reshape(b, t, h, d).transpose(0, 2, 1, 3)  # [B, H, T, D]
+    # the memory's inputs, gates and state in float32 whatever the compute dtype (its writes
+    # accumulate); y returns to the input's dtype at the output projection
+    f32 = lambda y: y.astype(jnp.promote_types(y.dtype, jnp.float32))  # noqa: E731
+    heads = lambda y: f32(jax.nn.silu(y)).reshape(b, t, h, d).transpose(0, 2, 1, 3)  # [B, H, T, D]
     q, k, v = l2_normalize(heads(q)), l2_normalize(heads(k)), heads(v)
     gates = {}
     for name in self.gate_names:
       act = GATE_INIT[name][0]
-      raw = act(self.gates[name](x))  # [B, T, H] or [B, T, H·D]
+      raw = act(f32(self.gates[name](x)))  # [B, T, H] or [B, T, H·D]
       if name == "lr":
         raw = raw * self.max_lr
       raw = raw.reshape(b, t, h, -1).transpose(0, 2, 1, 3)  # [B, H, T, 1 | D]
@@ -285,12 +288,13 @@ class NeuralMemory(nnx.Module):
     conv_q)``; output norm, gate and projection as in ``__call__``."""
     b, t, _ = x.shape
     q, conv_q = self.conv_q(self.q(x), conv_q)
-    q = l2_normalize(jax.nn.silu(q).reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3))
+    q = jax.nn.silu(q).astype(jnp.promote_types(q.dtype, jnp.float32))
+    q = l2_normalize(q.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3))
     ys = jax.vmap(jax.vmap(self.rule.read))(memory, q)  # [B, H, T, D]
     return self._output(ys, x), conv_q
 
   def _output(self, ys, x):
     """Per-head RMSNorm, then ⊙ sigmoid(x W_g) and the output projection: ``[B, H, T, D]`` → E."""
     b, h, t, d = ys.shape
-    ys = self.out_norm(ys).transpose(0, 2, 1, 3).reshape(b, t, h * d)
+    ys = self.out_norm(ys).astype(x.dtype).transpose(0, 2, 1, 3).reshape(b, t, h * d)
     return self.o(ys * jax.nn.sigmoid(self.out_gate(x)))
