@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -69,6 +70,7 @@ class LMConfig:
   mlp_hidden: int = 172  # SwiGLU hidden width F
   rope_base: float = 10000.0  # RoPE base of the attention layers
   remat: bool = False  # recompute each block in the backward pass (activation memory ∝ L·B·T·E)
+  scan_layers: bool = False  # run the blocks as one lax.scan over their stacked parameters
   cms: bool = False  # a Continuum Memory System (Nested Learning §7) in place of the SwiGLU MLP
   cms_chunk_sizes: tuple = (2, 8, 32)  # C_ℓ per CMS level: level ℓ updates every C_ℓ tokens
   cms_lrs: tuple = (1e-2, 1e-2, 1e-2)  # η_ℓ per CMS level (0 freezes a level)
@@ -177,6 +179,11 @@ class LM(nnx.Module):
     c = self.config = config
     self.embed = param(rngs, nnx.initializers.normal(1.0), (c.vocab, c.dim), ("vocab", "embed"))
     self.blocks = nnx.List([self._block(c, i, rngs) for i in range(c.layers)])
+    if c.scan_layers and any(nnx.graphdef(b) != nnx.graphdef(self.blocks[0]) for b in self.blocks):
+      raise ValueError(
+        f"{type(self).__name__}: scan_layers needs identical blocks; these differ (e.g. "
+        "memory_layers gives some blocks no memory)"
+      )
     self.norm = RMSNorm(c.dim, rngs=rngs)
     self.head = Linear(c.dim, c.vocab, ("embed", "vocab"), rngs=rngs)
 
@@ -197,13 +204,39 @@ class LM(nnx.Module):
       )
     dtype = jnp.dtype(self.config.dtype)
     x = self.embed[...][tokens].astype(dtype)  # [B, T, E] in the compute dtype
+    scan = self.config.scan_layers and not any(
+      getattr(b.memory, "record_gates", False) for b in self.blocks if hasattr(b, "memory")
+    )  # a gate-statistics probe sows per block: it runs the blocks one by one
+    x, new_cache = (self._scanned if scan else self._unrolled)(x, cache, dtype)
+    return self.head(self.norm(x)).astype(jnp.float32), new_cache  # float32 logits for the loss
+
+  def _unrolled(self, x, cache, dtype):
     new_cache = []
     run = nnx.remat(lambda block, x, state: block(x, state)) if self.config.remat else None
     for block, state in zip(self.blocks, cache or [None] * len(self.blocks), strict=True):
       x, state = run(block, x, state) if run is not None else block(x, state)
       x = x.astype(dtype)  # a block whose core computes in float32 (CMS, Hope) hands back dtype
       new_cache.append(state)
-    return self.head(self.norm(x)).astype(jnp.float32), new_cache  # float32 logits for the loss
+    return x, new_cache
+
+  def _scanned(self, x, cache, dtype):
+    """The blocks as one ``lax.scan``: their parameters (and caches) stacked on a leading layer
+    axis for the call, so the block's program is traced and compiled once whatever the depth. The
+    parameters stay one pytree per block (checkpoints and sharding as unrolled)."""
+    parts = [nnx.split(b) for b in self.blocks]
+    graphdef = parts[0][0]
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
+    params = stack([state for _, state in parts])
+    caches = stack(cache) if cache is not None else None
+
+    def body(x, xs):
+      state, block_cache = xs
+      x, block_cache = nnx.merge(graphdef, state)(x, block_cache)
+      return x.astype(dtype), block_cache
+
+    body = jax.checkpoint(body) if self.config.remat else body
+    x, new = jax.lax.scan(body, x, (params, caches))
+    return x, [jax.tree.map(lambda leaf, i=i: leaf[i], new) for i in range(len(self.blocks))]
 
   def decode(self, tokens, cache):
     """Continue ``cache`` with ``tokens: [B, T]`` (T = 1 for step-by-step generation)."""

@@ -1,0 +1,72 @@
+"""``scan_layers``: the blocks as one ``lax.scan`` over their stacked parameters give the logits,
+the gradients and the decode of the unrolled stack (same parameters), and trace the block once."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from miras_jax import models
+from tests.models.test_models import _EXTRA, _TINY, _tokens
+
+LAYERS = 3
+
+
+def _pair(name, **fields):
+  fields = {**_TINY, **_EXTRA[name], "layers": LAYERS, **fields}
+  unrolled = models.get(name, models.config(name, "tiny", **fields), rngs=nnx.Rngs(0))
+  scanned = models.get(
+    name, models.config(name, "tiny", **fields, scan_layers=True), rngs=nnx.Rngs(0)
+  )
+  return unrolled, scanned
+
+
+def _run(model, tokens, split):
+  """Logits, the gradient of a loss on them, and prefill + token-by-token decode from ``split``."""
+  graphdef, params = nnx.split(model)
+
+  def loss(p):
+    return jnp.mean(nnx.merge(graphdef, p)(tokens)[0] ** 2)
+
+  logits, _ = nnx.merge(graphdef, params)(tokens)
+  grads = jax.grad(loss)(params)
+  m = nnx.merge(graphdef, params)
+  _, cache = m(tokens[:, :split])
+  steps = []
+  for i in range(split, tokens.shape[1]):
+    y, cache = m.decode(tokens[:, i : i + 1], cache)
+    steps.append(y)
+  return logits, grads, jnp.concatenate(steps, 1)
+
+
+@pytest.mark.parametrize("name", ["miras_lm", "titans_mac", "hope", "transformer"])
+def test_scanned_equals_unrolled(name):
+  unrolled, scanned = _pair(name)
+  tokens = _tokens()
+  run = jax.jit(lambda a, b: (_run(a, tokens, 4), _run(b, tokens, 4)))
+  (l1, g1, d1), (l2, g2, d2) = run(unrolled, scanned)
+  np.testing.assert_allclose(l2, l1, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(d2, l1[:, 4:], rtol=1e-4, atol=1e-4)  # decode == forward
+  np.testing.assert_allclose(d2, d1, rtol=1e-5, atol=1e-5)
+
+
+def test_the_block_is_traced_once():
+  unrolled, scanned = _pair("miras_lm")
+  tokens = _tokens()
+
+  def size(model):
+    graphdef, params = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(tokens)[0])(params)
+    return len(jaxpr.jaxpr.eqns) + sum(
+      len(e.params["jaxpr"].jaxpr.eqns) for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"
+    )
+
+  assert size(scanned) < size(unrolled) / 2  # one block body instead of LAYERS
+
+
+def test_scan_layers_needs_identical_blocks():
+  with pytest.raises(ValueError, match="scan_layers needs identical blocks"):
+    _pair("hybrid_lm", memory_layers=(1,))
