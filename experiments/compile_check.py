@@ -215,14 +215,31 @@ def compile_check(config, mesh_sizes: dict[str, int]) -> dict:
   }
 
 
+_assignments: list[tuple[str, str]] = []
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags, with the ``--config.PATH=VALUE`` assignments kept for ``apply_overrides`` (as
+  the launcher: ``--config.model.overrides.FIELD`` may set any field of the model's config)."""
+  from miras_jax.train.settings import split_assignments
+
+  rest, assignments = split_assignments(argv)
+  _assignments.extend(assignments)
+  sys.argv[:] = rest
+  return flags.FLAGS(rest)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from miras_jax.train.settings import apply_overrides
+
   mesh_sizes = parse_mesh(_MESH.value)
   _use_fake_cpu_devices(math.prod(mesh_sizes.values()))
+  apply_overrides(_CONFIG.value, _assignments)
   report = compile_check(_CONFIG.value, mesh_sizes)
   print(json.dumps(report, indent=2), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -17,7 +17,6 @@ is initialised from the environment (TPU, SLURM, …) or from --coordinator_addr
 --num_processes and --process_id.
 """
 
-import re
 import sys
 
 from absl import app, flags, logging
@@ -37,7 +36,6 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False, "show the full traceback of a
 flags.mark_flags_as_required(["config", "workdir"])
 
 USAGE_ERROR, DIVERGED = 2, 3
-_ASSIGNMENT = re.compile(r"--config\.([\w.]+)=(.*)", re.S)
 _assignments: list[tuple[str, str]] = []
 
 
@@ -48,13 +46,10 @@ def _user_error(message: str) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flags, with the ``--config.PATH=VALUE`` assignments kept for ``apply_overrides``."""
-  rest = [argv[0]]
-  for arg in argv[1:]:
-    match = _ASSIGNMENT.fullmatch(arg)
-    if match:
-      _assignments.append((match[1], match[2]))
-    else:
-      rest.append(arg)
+  from miras_jax.train.settings import split_assignments
+
+  rest, assignments = split_assignments(argv)
+  _assignments.extend(assignments)
   sys.argv[:] = rest  # config_flags also reads the overrides from sys.argv
   try:
     return flags.FLAGS(rest)

@@ -48,7 +48,7 @@ _SHAPES = {
 def paper_sizes(mlp_hidden: tuple, layers=(12, 24, 24, 24), **fields) -> dict:
   """``SIZE_FIELDS`` of the four paper sizes (170m, 340m, 760m, 1.3b) from their SwiGLU widths."""
   return {
-    size: {"mlp_hidden": f, "layers": n, "remat": True, **fields}
+    size: {"mlp_hidden": f, "layers": n, "remat": True, "scan_layers": True, **fields}
     for size, f, n in zip(SIZES[1:], mlp_hidden, layers, strict=True)
   }
 
@@ -182,7 +182,7 @@ class LM(nnx.Module):
     if c.scan_layers and any(nnx.graphdef(b) != nnx.graphdef(self.blocks[0]) for b in self.blocks):
       raise ValueError(
         f"{type(self).__name__}: scan_layers needs identical blocks; these differ (e.g. "
-        "memory_layers gives some blocks no memory)"
+        "memory_layers gives some blocks no memory): set scan_layers=False"
       )
     self.norm = RMSNorm(c.dim, rngs=rngs)
     self.head = Linear(c.dim, c.vocab, ("embed", "vocab"), rngs=rngs)

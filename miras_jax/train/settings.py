@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import re
 from typing import Any, NamedTuple
 
 # Logical axis (parameter metadata, miras_jax.nn.layers) → mesh axis. ``embed`` is sharded over
@@ -275,6 +276,22 @@ def _check(run: RunSettings) -> None:
     raise ConfigError(
       f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})"
     )
+
+
+_ASSIGNMENT = re.compile(r"--config\.([\w.]+)=(.*)", re.S)
+
+
+def split_assignments(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """``argv`` without its ``--config.PATH=VALUE`` flags, and those as ``(PATH, VALUE)`` pairs for
+  ``apply_overrides`` (the launchers parse the rest with absl)."""
+  rest, assignments = [], []
+  for arg in argv:
+    match = _ASSIGNMENT.fullmatch(arg)
+    if match:
+      assignments.append((match[1], match[2]))
+    else:
+      rest.append(arg)
+  return rest, assignments
 
 
 def apply_overrides(config, assignments) -> None:
