@@ -59,9 +59,8 @@ import tensorflow_datasets as tfds
 from miras_jax.data.builders import (
   CODE_PATH,
   VERSION,
-  check_split_options,
   corpus_text,
-  filler_tag,
+  filler_options,
   seeded_splits,
   task_info,
 )
@@ -344,8 +343,8 @@ def babi_config(
   Raises:
     ValueError: an option is out of range (the message names it).
   """
-  check_split_options(train_size, test_size, seed)
-  tag, path = filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  tag, shared = filler_options(filler, corpus_file, train_size, test_size, seed)
+  path = shared["corpus_file"]
   babi(2 * seed, 1, context_len, task, num_facts, filler, corpus_text(path))
   return BabiConfig(
     name=f"{task}_T{context_len}_F{num_facts}_{tag}_n{train_size}-{test_size}_s{seed}",
@@ -356,11 +355,7 @@ def babi_config(
     task=task,
     context_len=int(context_len),
     num_facts=int(num_facts),
-    filler=filler,
-    corpus_file=path,
-    train_size=int(train_size),
-    test_size=int(test_size),
-    seed=int(seed),
+    **shared,
   )
 
 

@@ -108,6 +108,17 @@ def filler_tag(filler: str, corpus_file) -> tuple[str, str | None]:
   return f"corpus-{slug}-{digest}", str(path)
 
 
+def filler_options(filler, corpus_file, train_size, test_size, seed) -> tuple[str, dict]:
+  """The options every filler task (S-NIAH, bAbI) shares, checked: ``(tag, fields)`` with the
+  filler's tag for the config name (``filler_tag``) and the config fields ``filler``,
+  ``corpus_file`` (absolute, or None), ``train_size``, ``test_size`` and ``seed``."""
+  check_split_options(train_size, test_size, seed)
+  tag, path = filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  fields = dict(filler=filler, corpus_file=path, train_size=int(train_size),
+                test_size=int(test_size), seed=int(seed))  # fmt: skip
+  return tag, fields
+
+
 def corpus_text(corpus_file: str | None) -> str | None:
   return None if corpus_file is None else Path(corpus_file).read_text("utf-8", errors="replace")
 

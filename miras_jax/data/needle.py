@@ -58,9 +58,8 @@ import tensorflow_datasets as tfds
 from miras_jax.data.builders import (
   CODE_PATH,
   VERSION,
-  check_split_options,
   corpus_text,
-  filler_tag,
+  filler_options,
   seeded_splits,
   task_info,
 )
@@ -408,8 +407,8 @@ def s_niah_config(
   Raises:
     ValueError: an option is out of range (the message names it).
   """
-  check_split_options(train_size, test_size, seed)
-  tag, path = filler_tag(filler, corpus_file) if filler in ("noise", "corpus") else (filler, None)
+  tag, shared = filler_options(filler, corpus_file, train_size, test_size, seed)
+  path = shared["corpus_file"]
   # Validate the task options once, on a single tiny example.
   s_niah(2 * seed, 1, context_len, kind, depth, filler, corpus_text(path))
   depth = None if depth is None else float(depth)
@@ -422,11 +421,7 @@ def s_niah_config(
     kind=kind,
     context_len=int(context_len),
     depth=depth,
-    filler=filler,
-    corpus_file=path,
-    train_size=int(train_size),
-    test_size=int(test_size),
-    seed=int(seed),
+    **shared,
   )
 
 
