@@ -40,7 +40,19 @@ def _run(model, tokens, split):
   return logits, grads, jnp.concatenate(steps, 1)
 
 
-@pytest.mark.parametrize("name", ["miras_lm", "titans_mac", "hope", "transformer"])
+# MAC and Hope compile their segment / token scans inside the layer scan (~40-55 s each on 2 cores)
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    "miras_lm",
+    "transformer",
+    pytest.param("titans_mac", marks=_SLOW),
+    pytest.param("hope", marks=_SLOW),
+  ],
+)
 def test_scanned_equals_unrolled(name):
   unrolled, scanned = _pair(name)
   tokens = _tokens()
