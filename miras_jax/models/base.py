@@ -179,7 +179,8 @@ class LM(nnx.Module):
     c = self.config = config
     self.embed = param(rngs, nnx.initializers.normal(1.0), (c.vocab, c.dim), ("vocab", "embed"))
     self.blocks = nnx.List([self._block(c, i, rngs) for i in range(c.layers)])
-    if c.scan_layers and any(nnx.graphdef(b) != nnx.graphdef(self.blocks[0]) for b in self.blocks):
+    first = nnx.graphdef(self.blocks[0]) if c.scan_layers else None
+    if c.scan_layers and any(nnx.graphdef(b) != first for b in self.blocks[1:]):
       raise ValueError(
         f"{type(self).__name__}: scan_layers needs identical blocks; these differ (e.g. "
         "memory_layers gives some blocks no memory): set scan_layers=False"
