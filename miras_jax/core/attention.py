@@ -78,11 +78,13 @@ class KVCache(NamedTuple):
   """Ring-buffer state of causal attention: ``keys``, ``values`` with C slots and the number of
   tokens written so far ``length`` (int32 scalar). ``SoftmaxAttention`` (one sequence, one head)
   holds ``keys: [C, d_k]``, ``values: [C, d_v]``; the NNX ``Attention`` layer the batched
-  ``[B, C, H, D]``."""
+  ``[B, C, H, D]``, and with a short convolution on q, k, v its buffer ``conv: [B, K−1, 3·H·D]``
+  (None without one)."""
 
   keys: jax.Array
   values: jax.Array
   length: jax.Array
+  conv: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,8 +120,9 @@ def swa(c, rngs, persistent: int):
   )
 
 
-def decoding_attention(c, rngs):
-  """Full (or windowed) causal attention whose decode cache keeps ``window or max_len`` tokens."""
+def decoding_attention(c, rngs, conv_kernel: int = 0):
+  """Full (or windowed) causal attention whose decode cache keeps ``window or max_len`` tokens,
+  with a short convolution of ``conv_kernel`` taps on q, k, v (0: none)."""
   return Attention(
     c.dim,
     c.heads,
@@ -129,5 +130,6 @@ def decoding_attention(c, rngs):
     window=c.window,
     capacity=c.window or c.max_len,
     rope_base=c.rope_base,
+    conv_kernel=conv_kernel,
     rngs=rngs,
   )

@@ -102,8 +102,8 @@ class MACBlock(nnx.Module):
     h, read_conv = self.memory.read(z, state.memory, read_conv)
     c = z.shape[1]
     pos = jnp.arange(c)
-    q, k_z, v_z = self.attention.project(z, c + pos)
-    _, k_h, v_h = self.attention.project(h, pos)
+    q, k_z, v_z, _ = self.attention.project(z, c + pos)
+    _, k_h, v_h, _ = self.attention.project(h, pos)
     causal = pos[None, :] <= pos[:, None]
     y = self.attention.attend(
       q,
@@ -122,8 +122,8 @@ class MACBlock(nnx.Module):
       lambda now, then: jnp.where(j == 0, now, then), cache.memory.memory, cache.snapshot
     )
     h, read_conv = self.memory.read(z, snapshot, cache.read_conv)
-    q, k_z, v_z = self.attention.project(z, (c + j)[None])
-    _, k_h, v_h = self.attention.project(h, j[None])
+    q, k_z, v_z, _ = self.attention.project(z, (c + j)[None])
+    _, k_h, v_h, _ = self.attention.project(h, j[None])
     keys = cache.keys.at[:, j].set(k_h[:, 0]).at[:, c + j].set(k_z[:, 0])
     values = cache.values.at[:, j].set(v_h[:, 0]).at[:, c + j].set(v_z[:, 0])
     seen = jnp.arange(c) <= j

@@ -142,6 +142,9 @@ class Attention(nnx.Module):
   ``jax.nn.dot_product_attention``, which picks a fused kernel where the platform has one (cuDNN
   on GPU) and XLA otherwise; "xla" or "cudnn" ask for one; "reference" is the einsum form written
   out here, the one the others are tested against.
+
+  ``conv_kernel`` K > 0 adds the memory blocks' short causal convolution (K taps, depthwise, then
+  SiLU) on q, k and v before RoPE; its last K − 1 inputs travel in the cache (``KVCache.conv``).
   """
 
   def __init__(
@@ -155,6 +158,7 @@ class Attention(nnx.Module):
     capacity=None,
     rope_base=10000.0,
     implementation="auto",
+    conv_kernel=0,
     rngs,
   ):
     if implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -166,6 +170,8 @@ class Attention(nnx.Module):
       raise ValueError(f"window must be >= 1 or None; got {window}")
     if capacity is not None and capacity < 1:
       raise ValueError(f"capacity must be >= 1 or None; got {capacity}")
+    if not isinstance(conv_kernel, int) or conv_kernel < 0:
+      raise ValueError(f"conv_kernel must be an int >= 0 (0: no convolution); got {conv_kernel!r}")
     self.heads, self.head_dim, self.window, self.rope_base = heads, head_dim, window, rope_base
     self.capacity = capacity or window
     inner = heads * head_dim
@@ -173,6 +179,9 @@ class Attention(nnx.Module):
     self.k = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
     self.v = Linear(dim, inner, ("embed", "heads"), rngs=rngs)
     self.o = Linear(inner, dim, ("heads", "embed"), rngs=rngs)
+    self.conv = (
+      ShortConv(3 * inner, conv_kernel, ("conv", "heads"), rngs=rngs) if conv_kernel else None
+    )
     self.persistent = (
       param(rngs, nnx.initializers.normal(1.0), (n_persistent, dim), ("persistent", "embed"))
       if n_persistent
@@ -183,16 +192,24 @@ class Attention(nnx.Module):
     if self.capacity is None:
       raise ValueError("full attention needs capacity= (the longest sequence to decode)")
     shape = (batch, self.capacity, self.heads, self.head_dim)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+    conv = (
+      None if self.conv is None else self.conv.init_state(batch, 3 * self.heads * self.head_dim)
+    )
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32), conv)
 
   def _split(self, y):
     return y.reshape(*y.shape[:-1], self.heads, self.head_dim)
 
-  def project(self, x, positions):
-    """``x: [B, T, E]`` → q, k, v ``[B, T, H, D]`` (RoPE on q and k at ``positions: [T]``)."""
-    q = rope(self._split(self.q(x)), positions, self.rope_base)
-    k = rope(self._split(self.k(x)), positions, self.rope_base)
-    return q, k, self._split(self.v(x))
+  def project(self, x, positions, conv=None):
+    """``x: [B, T, E]`` → q, k, v ``[B, T, H, D]`` (RoPE on q and k at ``positions: [T]``) and the
+    convolution's buffer after ``x`` (None without a convolution; ``conv`` continues one)."""
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    if self.conv is not None:
+      qkv, conv = self.conv(jnp.concatenate([q, k, v], axis=-1), conv)
+      q, k, v = jnp.split(jax.nn.silu(qkv), 3, axis=-1)
+    q = rope(self._split(q), positions, self.rope_base)
+    k = rope(self._split(k), positions, self.rope_base)
+    return q, k, self._split(v), conv
 
   def attend(self, q, keys, vals, mask):
     """softmax(q kᵀ/√D) v over ``keys, vals: [B, S, H, D]`` where ``mask: [T, S]`` allows, with
@@ -227,7 +244,7 @@ class Attention(nnx.Module):
     b, t, _ = x.shape
     start = jnp.zeros((), jnp.int32) if cache is None else cache.length
     pos_q = start + jnp.arange(t)
-    q, k, v = self.project(x, pos_q)
+    q, k, v, conv = self.project(x, pos_q, None if cache is None else cache.conv)
     keys, vals, pos_k, valid = k, v, pos_q, jnp.ones((t,), bool)
     if cache is not None:
       held, held_valid = ring_slots(start, cache.keys.shape[1])
@@ -248,5 +265,6 @@ class Attention(nnx.Module):
       cache.keys.at[:, idx].set(k[:, t - keep :]),
       cache.values.at[:, idx].set(v[:, t - keep :]),
       start + t,
+      conv,
     )
     return out, new

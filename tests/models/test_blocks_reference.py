@@ -8,6 +8,8 @@ the memory rules from the core's token-serial references):
   or z (the default); x += y ⊙ σ(Mem(y or z)); then x += SwiGLU(norm x)
 - hope (Eq 94–97): x += SelfModTitans(norm x); x += CMS(norm x)
 - hope_attention (§8.3): x += Attn(norm x); x += CMS(norm x)
+- transformer: x += Attn(norm x); x += SwiGLU(norm x), the attention's q, k, v through
+  silu(short conv) when ``conv_kernel`` > 0
 """
 
 import chex
@@ -157,3 +159,12 @@ def test_hope_attention_block():
   x = _x(4)
   want = x + ref.attention(block.mixer, ref.rms_norm(x, block.norm_mixer), heads=H)
   chex.assert_trees_all_close(_run(block, x), _cms(block, want), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("conv_kernel", [0, 4])
+def test_transformer_block(conv_kernel):
+  block = _block("transformer", max_len=16, conv_kernel=conv_kernel)
+  assert (block.attention.conv is None) == (conv_kernel == 0)
+  x = _x(5)
+  want = x + ref.attention(block.attention, ref.rms_norm(x, block.norm_attention), heads=H)
+  chex.assert_trees_all_close(_run(block, x), _mlp(block, want), rtol=TOL, atol=TOL)

@@ -135,11 +135,19 @@ def attend(att, q, keys, vals, allowed, *, n_persistent: int):
 
 
 def project(att, x, positions, heads, rope_base=10000.0):
-  """q, k (RoPE at ``positions``) and v of ``x: [B, T, E]``, each ``[B, T, H, D]``."""
+  """q, k (RoPE at ``positions``) and v of ``x: [B, T, E]``, each ``[B, T, H, D]``; with the
+  layer's short convolution (``att.conv``), silu(conv) of the concatenated projections before RoPE
+  (from a zero buffer: a sequence starting at position 0)."""
   split = lambda y: y.reshape(*x.shape[:2], heads, -1)
-  q = rope(split(x @ kernel(att.q)), positions, rope_base)
-  k = rope(split(x @ kernel(att.k)), positions, rope_base)
-  return q, k, split(x @ kernel(att.v))
+  q, k, v = (x @ kernel(p) for p in (att.q, att.k, att.v))
+  if att.conv is not None:
+    qkv = np.concatenate([q, k, v], axis=-1)
+    taps = att.conv.weight.shape[0]
+    qkv, _ = causal_conv(qkv, att.conv, np.zeros((x.shape[0], taps - 1, qkv.shape[-1])))
+    q, k, v = np.split(silu(qkv), 3, axis=-1)
+  q = rope(split(q), positions, rope_base)
+  k = rope(split(k), positions, rope_base)
+  return q, k, split(v)
 
 
 def attention(att, x, *, heads, window=None, n_persistent=0):

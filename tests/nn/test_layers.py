@@ -98,8 +98,10 @@ def test_attention_matches_core_softmax_attention(window):
   np.testing.assert_allclose(y, _attention_reference(layer, x, window), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("window,persistent", [(None, 0), (3, 0), (None, 2), (4, 3)])
-def test_attention_decode_and_prefill_equal_full_forward(window, persistent):
+@pytest.mark.parametrize(
+  "window,persistent,conv", [(None, 0, 0), (3, 0, 0), (None, 2, 0), (4, 3, 0), (None, 0, 3)]
+)
+def test_attention_decode_and_prefill_equal_full_forward(window, persistent, conv):
   layer = nn.Attention(
     E,
     H,
@@ -107,6 +109,7 @@ def test_attention_decode_and_prefill_equal_full_forward(window, persistent):
     window=window,
     n_persistent=persistent,
     capacity=None if window else T,
+    conv_kernel=conv,
     rngs=nnx.Rngs(2),
   )
   x = _x(1)
@@ -135,6 +138,8 @@ def test_attention_is_causal_and_windowed():
   assert not np.allclose(earlier[:, 4:7], y[:, 4:7])
   with pytest.raises(ValueError, match="capacity"):
     nn.Attention(E, H, D, rngs=nnx.Rngs(0)).init_cache(B)
+  with pytest.raises(ValueError, match="conv_kernel must be an int >= 0"):
+    nn.Attention(E, H, D, conv_kernel=-1, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("window,persistent", [(None, 0), (3, 2)])
