@@ -57,11 +57,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from miras_jax.data.builders import (
-  CODE_PATH,
   VERSION,
+  FillerConfig,
+  TaskBuilder,
   corpus_text,
   filler_options,
-  seeded_splits,
   task_info,
 )
 from miras_jax.data.needle import _check_choice, _check_context, _check_int, _Filler, _row
@@ -305,22 +305,14 @@ def babi_solve(prompt: str) -> str | None:
 
 
 @dataclasses.dataclass(kw_only=True)
-class BabiConfig(tfds.core.BuilderConfig):
-  """Options of ``BabiBuilder`` (see ``miras_jax.data.babi.babi`` for their meaning).
-
-  ``corpus_file`` is the corpus read for ``filler="corpus"`` (``corpus_text`` of ``babi``). Split
-  ``train`` is ``babi(2 * seed, train_size, …)`` and ``test`` is ``babi(2 * seed + 1, test_size,
-  …)``.
+class BabiConfig(FillerConfig):
+  """Options of ``BabiBuilder`` (see ``miras_jax.data.babi.babi`` for their meaning): the shared
+  ``FillerConfig`` fields, the task and the number of facts. Split ``train`` is ``babi(2 * seed,
+  train_size, …)`` and ``test`` is ``babi(2 * seed + 1, test_size, …)``.
   """
 
   task: str = "qa1"
-  context_len: int = 4096
   num_facts: int = 10
-  filler: str = "noise"
-  corpus_file: str | None = None
-  train_size: int = 10_000
-  test_size: int = 1_000
-  seed: int = 0
 
 
 def babi_config(
@@ -359,7 +351,7 @@ def babi_config(
   )
 
 
-class BabiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class BabiBuilder(TaskBuilder, skip_registration=True):
   """bAbI qa1/qa2 facts in filler (BABILong style) as a tfds dataset (splits ``train``, ``test``).
 
   Each example: ``inputs`` int32 ``[context_len]``, ``targets`` int32 ``[context_len]``, ``mask``
@@ -368,20 +360,14 @@ class BabiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """
 
   name = "babi"
-  code_path = CODE_PATH
-  VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  config_class = BabiConfig
+  config_function = "babi_config"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    if not isinstance(cfg, BabiConfig):
-      raise ValueError(f"config: expected a BabiConfig (see babi_config), got {cfg!r}")
+    cfg = self.checked_config()
     return task_info(
       self, cfg.context_len, "bAbI qa1/qa2 facts spread through filler (miras_jax.data.babi.babi)."
     )
-
-  def _split_generators(self, dl_manager):
-    return seeded_splits(self)
 
   def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     cfg = self.builder_config

@@ -54,6 +54,45 @@ FILE_FORMAT = "array_record"
 CODE_PATH = epath.Path(__file__)
 
 
+class TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """The base of a task's builder: the package's code path (above), version 1.0.0, the type of
+  its builder config (``config_class``; ``checked_config()`` returns the config or names
+  ``config_function``, the function that makes one) and the seeded ``train``/``test`` splits
+  (``seeded_splits``; a builder with other splits overrides ``_split_generators``)."""
+
+  code_path = CODE_PATH
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  config_class: type = tfds.core.BuilderConfig
+  config_function: str = ""
+
+  def checked_config(self):
+    cfg = self.builder_config
+    if not isinstance(cfg, self.config_class):
+      raise ValueError(
+        f"config: expected {self.config_class.__name__} (see {self.config_function}), got {cfg!r}"
+      )
+    return cfg
+
+  def _split_generators(self, dl_manager):
+    return seeded_splits(self)
+
+
+@dataclasses.dataclass(kw_only=True)
+class FillerConfig(tfds.core.BuilderConfig):
+  """The builder-config fields every filler task (S-NIAH, bAbI) shares (``filler_options`` checks
+  and builds all but ``context_len``): ``corpus_file`` is the corpus read for ``filler="corpus"``;
+  split ``train`` is the task's generator at seed ``2 * seed`` with ``train_size`` examples and
+  ``test`` at ``2 * seed + 1`` with ``test_size`` (``seeded_splits``)."""
+
+  context_len: int = 4096
+  filler: str = "noise"
+  corpus_file: str | None = None
+  train_size: int = 10_000
+  test_size: int = 1_000
+  seed: int = 0
+
+
 def task_info(builder, length: int, description: str, **extra) -> tfds.core.DatasetInfo:
   """DatasetInfo of a task dataset: ``inputs``/``targets`` int32 and ``mask`` bool of ``[length]``."""
   shape = (length,)

@@ -56,11 +56,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from miras_jax.data.builders import (
-  CODE_PATH,
   VERSION,
+  FillerConfig,
+  TaskBuilder,
   corpus_text,
   filler_options,
-  seeded_splits,
   task_info,
 )
 from miras_jax.data.registry import register_dataset, register_eval_task
@@ -368,22 +368,14 @@ def s_niah(
 
 
 @dataclasses.dataclass(kw_only=True)
-class SNIAHConfig(tfds.core.BuilderConfig):
-  """Options of ``SNIAHBuilder`` (see ``miras_jax.data.needle.s_niah`` for their meaning).
-
-  ``corpus_file`` is the corpus read for ``filler="corpus"`` (``corpus_text`` of ``s_niah``). Split
-  ``train`` is ``s_niah(2 * seed, train_size, …)`` and ``test`` is ``s_niah(2 * seed + 1, test_size,
-  …)``.
+class SNIAHConfig(FillerConfig):
+  """Options of ``SNIAHBuilder`` (see ``miras_jax.data.needle.s_niah`` for their meaning): the
+  shared ``FillerConfig`` fields, the needle's kind and depth. Split ``train`` is ``s_niah(2 *
+  seed, train_size, …)`` and ``test`` is ``s_niah(2 * seed + 1, test_size, …)``.
   """
 
   kind: str = "pk"
-  context_len: int = 4096
   depth: float | None = None
-  filler: str = "noise"
-  corpus_file: str | None = None
-  train_size: int = 10_000
-  test_size: int = 1_000
-  seed: int = 0
 
 
 def s_niah_config(
@@ -425,7 +417,7 @@ def s_niah_config(
   )
 
 
-class SNIAHBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class SNIAHBuilder(TaskBuilder, skip_registration=True):
   """RULER-style single needle in a haystack as a tfds dataset (splits ``train`` and ``test``).
 
   Each example: ``inputs`` int32 ``[context_len]``, ``targets`` int32 ``[context_len]``, ``mask``
@@ -436,23 +428,17 @@ class SNIAHBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """
 
   name = "s_niah"
-  code_path = CODE_PATH
-  VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  config_class = SNIAHConfig
+  config_function = "s_niah_config"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    if not isinstance(cfg, SNIAHConfig):
-      raise ValueError(f"config: expected an SNIAHConfig (see s_niah_config), got {cfg!r}")
+    cfg = self.checked_config()
     return task_info(
       self,
       cfg.context_len,
       "RULER-style single needle in a haystack (miras_jax.data.needle.s_niah).",
       depth=tfds.features.Scalar(dtype=np.float32),
     )
-
-  def _split_generators(self, dl_manager):
-    return seeded_splits(self)
 
   def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, Any]]]:
     cfg = self.builder_config

@@ -13,10 +13,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from miras_jax.data.builders import (
-  CODE_PATH,
   VERSION,
+  TaskBuilder,
   check_split_options,
-  seeded_splits,
   task_info,
 )
 from miras_jax.data.registry import register_dataset, register_eval_task
@@ -197,7 +196,7 @@ def mqar_config(
   )
 
 
-class MQARBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class MQARBuilder(TaskBuilder, skip_registration=True):
   """Multi-query associative recall as a tfds dataset (splits ``train`` and ``test``).
 
   Each example: ``inputs`` int32 ``[seq_len]``, ``targets`` int32 ``[seq_len]``, ``mask`` bool
@@ -207,22 +206,16 @@ class MQARBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """
 
   name = "mqar"
-  code_path = CODE_PATH
-  VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  config_class = MQARConfig
+  config_function = "mqar_config"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    if not isinstance(cfg, MQARConfig):
-      raise ValueError(f"config: expected an MQARConfig (see mqar_config), got {cfg!r}")
+    cfg = self.checked_config()
     return task_info(
       self,
       cfg.seq_len,
       "Zoology-style multi-query associative recall (miras_jax.data.synthetic.mqar).",
     )
-
-  def _split_generators(self, dl_manager):
-    return seeded_splits(self)
 
   def _generate_examples(self, seed: int, n: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     cfg = self.builder_config

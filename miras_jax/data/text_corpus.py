@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from miras_jax.data.builders import CODE_PATH, VERSION
+from miras_jax.data.builders import (
+  VERSION,
+  TaskBuilder,
+)
 from miras_jax.data.registry import register_dataset
 from miras_jax.data.tokenizers import ByteTokenizer
 
@@ -137,7 +140,7 @@ def text_corpus_config(
   )
 
 
-class TextCorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class TextCorpusBuilder(TaskBuilder, skip_registration=True):
   """A local directory of ``.txt`` files as byte-level documents (splits ``train``/``validation``).
 
   Each example: ``tokens`` int32 ``[L]`` (the document's bytes, ``ByteTokenizer``, ``1 <= L <=
@@ -148,14 +151,11 @@ class TextCorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   """
 
   name = "text_corpus"
-  code_path = CODE_PATH
-  VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  config_class = TextCorpusConfig
+  config_function = "text_corpus_config"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    if not isinstance(cfg, TextCorpusConfig):
-      raise ValueError(f"config: expected a TextCorpusConfig (see text_corpus_config), got {cfg!r}")
+    self.checked_config()
     return tfds.core.DatasetInfo(
       builder=self,
       description="Byte-level documents from a local directory of .txt files.",

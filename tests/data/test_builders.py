@@ -170,3 +170,9 @@ def test_missing_catalog_dataset_is_a_clear_error(tmp_path):
   assert str(tmp_path) in str(info.value) and "not prepared" in str(info.value)
   with pytest.raises(ValueError, match="no_such_dataset_xyz"):
     data.prepare("no_such_dataset_xyz", tmp_path)
+
+
+def test_a_builder_given_another_tasks_config_names_the_function_to_call(tmp_path):
+  wrong = data.s_niah_config(context_len=400, train_size=4, test_size=2)
+  with pytest.raises(ValueError, match=r"expected MQARConfig \(see mqar_config\)"):
+    _ = data.MQARBuilder(data_dir=str(tmp_path), config=wrong).info
