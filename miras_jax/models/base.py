@@ -122,6 +122,15 @@ class LMConfig:
     return cls(**fields)
 
 
+def check_attention_conv(config) -> None:
+  """``attention_conv``, the taps of the attention's short convolution, is an int >= 0 (0: none)."""
+  if not isinstance(config.attention_conv, int) or config.attention_conv < 0:
+    raise ValueError(
+      f"{type(config).__name__}.attention_conv must be an int >= 0 (0: none); "
+      f"got {config.attention_conv!r}"
+    )
+
+
 def check_max_lr(config, *, allow_default: bool) -> None:
   """η = max_lr·σ(·) ≤ max_lr: a cap above 1 makes a step overshoot even a unit key's own error
   (a delta-rule write with η ≥ 2 diverges); 0 means the block's default when ``allow_default``."""

@@ -108,7 +108,8 @@ class Block(nnx.Module):
 
 
 def swa(c, rngs, persistent: int):
-  """Sliding-window attention of config ``c`` (window, heads, RoPE) with ``persistent`` tokens."""
+  """Sliding-window attention of config ``c`` (window, heads, RoPE, ``attention_conv``) with
+  ``persistent`` tokens."""
   return Attention(
     c.dim,
     c.heads,
@@ -116,6 +117,7 @@ def swa(c, rngs, persistent: int):
     window=c.window,
     n_persistent=persistent,
     rope_base=c.rope_base,
+    conv_kernel=c.attention_conv,
     rngs=rngs,
   )
 

@@ -7,7 +7,13 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from miras_jax.models.base import HYBRID_LAYERS, LM, MemoryFields, paper_sizes
+from miras_jax.models.base import (
+  HYBRID_LAYERS,
+  LM,
+  MemoryFields,
+  check_attention_conv,
+  paper_sizes,
+)
 from miras_jax.models.blocks import Block, neural_memory, swa
 from miras_jax.models.registry import register
 
@@ -19,11 +25,13 @@ class HybridLMConfig(MemoryFields):
   window: int = 64  # sliding window w of the attention (tokens t − w < j ≤ t)
   persistent: int = 0  # learned persistent tokens N_p visible to every attention query
   memory_layers: tuple | None = None  # layers with a memory block (None: all; others SWA + MLP)
+  attention_conv: int = 0  # taps of a short causal conv + SiLU on the SWA's q, k, v (0: none)
 
   SIZE_FIELDS: ClassVar[dict] = paper_sizes((1920, 2304, 4096, 5376), HYBRID_LAYERS, window=2048)
 
   def _check(self):
     super()._check()
+    check_attention_conv(self)
     if self.window < 1:
       raise ValueError(f"{type(self).__name__}.window must be >= 1; got {self.window}")
     if self.persistent < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from miras_jax.models.base import LM, LMConfig, paper_sizes
+from miras_jax.models.base import LM, LMConfig, check_attention_conv, paper_sizes
 from miras_jax.models.blocks import Block, decoding_attention
 from miras_jax.models.registry import register
 
@@ -16,17 +16,14 @@ class TransformerConfig(LMConfig):
 
   window: int | None = None  # sliding window (None: full causal attention)
   max_len: int = 512  # decode cache length for full attention (the longest sequence decoded)
-  conv_kernel: int = 0  # taps of a short causal conv + SiLU on q, k, v (0: none, Transformer++)
+  attention_conv: int = 0  # taps of a short causal conv + SiLU on q, k, v (0: none, Transformer++)
 
   SIZE_FIELDS: ClassVar[dict] = paper_sizes((3328, 2368, 3904, 5184), max_len=4096)
 
   def _check(self):
     if self.window is not None and self.window < 1:
       raise ValueError(f"TransformerConfig.window must be >= 1 or None; got {self.window}")
-    if not isinstance(self.conv_kernel, int) or self.conv_kernel < 0:
-      raise ValueError(
-        f"TransformerConfig.conv_kernel must be an int >= 0 (0: none); got {self.conv_kernel!r}"
-      )
+    check_attention_conv(self)
     if self.max_len < 1:
       raise ValueError(f"TransformerConfig.max_len must be >= 1; got {self.max_len}")
 
@@ -40,4 +37,4 @@ class Transformer(LM):
   config_class = TransformerConfig
 
   def _block(self, c, layer, rngs):
-    return Block(c, None, decoding_attention(c, rngs, c.conv_kernel), rngs=rngs)
+    return Block(c, None, decoding_attention(c, rngs, c.attention_conv), rngs=rngs)

@@ -144,7 +144,8 @@ class Attention(nnx.Module):
   out here, the one the others are tested against.
 
   ``conv_kernel`` K > 0 adds the memory blocks' short causal convolution (K taps, depthwise, then
-  SiLU) on q, k and v before RoPE; its last K − 1 inputs travel in the cache (``KVCache.conv``).
+  SiLU) on q, k and v before RoPE (the persistent tokens are projected only); its last K − 1
+  inputs travel in the cache (``KVCache.conv``).
   """
 
   def __init__(

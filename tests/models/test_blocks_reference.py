@@ -9,7 +9,7 @@ the memory rules from the core's token-serial references):
 - hope (Eq 94–97): x += SelfModTitans(norm x); x += CMS(norm x)
 - hope_attention (§8.3): x += Attn(norm x); x += CMS(norm x)
 - transformer: x += Attn(norm x); x += SwiGLU(norm x), the attention's q, k, v through
-  silu(short conv) when ``conv_kernel`` > 0
+  silu(short conv) when ``attention_conv`` > 0 (also in the hybrid, MAL and MAG blocks)
 """
 
 import chex
@@ -75,8 +75,17 @@ def test_memory_then_attention_blocks(name, preset, persistent):
   chex.assert_trees_all_close(_run(block, x), _mlp(block, want), rtol=TOL, atol=TOL)
 
 
-def test_mag_block_gates_attention_with_the_memory():
-  block = _block("titans_mag", **MEMORY, preset="titans_lmm", window=WINDOW, persistent=PERSISTENT)
+@pytest.mark.parametrize("conv", [0, 3])
+def test_mag_block_gates_attention_with_the_memory(conv):
+  block = _block(
+    "titans_mag",
+    **MEMORY,
+    preset="titans_lmm",
+    window=WINDOW,
+    persistent=PERSISTENT,
+    attention_conv=conv,
+  )
+  assert (block.attention.conv is None) == (conv == 0)
   x = _x(1)
   z = ref.rms_norm(x, block.norm)
   y = ref.attention(block.attention, z, heads=H, window=WINDOW, n_persistent=PERSISTENT)
@@ -161,10 +170,10 @@ def test_hope_attention_block():
   chex.assert_trees_all_close(_run(block, x), _cms(block, want), rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("conv_kernel", [0, 4])
-def test_transformer_block(conv_kernel):
-  block = _block("transformer", max_len=16, conv_kernel=conv_kernel)
-  assert (block.attention.conv is None) == (conv_kernel == 0)
+@pytest.mark.parametrize("conv", [0, 4])
+def test_transformer_block(conv):
+  block = _block("transformer", max_len=16, attention_conv=conv)
+  assert (block.attention.conv is None) == (conv == 0)
   x = _x(5)
   want = x + ref.attention(block.attention, ref.rms_norm(x, block.norm_attention), heads=H)
   chex.assert_trees_all_close(_run(block, x), _mlp(block, want), rtol=TOL, atol=TOL)
