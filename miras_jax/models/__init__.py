@@ -4,6 +4,7 @@ by name.
 model = miras_jax.models.get("titans_mac", models.config("titans_mac", "tiny"), rngs=nnx.Rngs(0))
 logits, cache = model(tokens)                       # tokens: [B, T] int
 tokens = models.generate(model, prompt, 32, rng=jax.random.key(0), temperature=0.8, top_p=0.9)
+params = models.stacked_params(params)  # an unrolled model's parameters for scan_layers=True
 
     miras_lm        Llama macro-architecture with the MIRAS block in place of attention (MIRAS §5.4)
     hybrid_lm       Samba-style memory block → sliding-window attention → MLP (MIRAS Fig 2, "-H")
@@ -18,7 +19,14 @@ tokens = models.generate(model, prompt, 32, rng=jax.random.key(0), temperature=0
 import importlib
 import pkgutil
 
-from miras_jax.models.base import LM, SIZES, LMConfig, MemoryFields
+from miras_jax.models.base import (
+  LM,
+  SIZES,
+  LMConfig,
+  MemoryFields,
+  stacked_params,
+  unstacked_params,
+)
 from miras_jax.models.generate import generate, sample_logits
 from miras_jax.models.registry import config, config_class, get, model_class, names, register
 
@@ -63,4 +71,6 @@ __all__ = [
   "names",
   "register",
   "sample_logits",
+  "stacked_params",
+  "unstacked_params",
 ]

@@ -175,8 +175,54 @@ class MemoryFields(LMConfig):
       )
 
 
+def stack_blocks(blocks: list, owner: str) -> nnx.Module:
+  """One module of the type of ``blocks`` (identical in structure) whose variables hold theirs
+  stacked on a leading axis, named ``"layers"`` for the sharding rules (no rule maps it: each
+  device keeps every layer of its shard)."""
+  graphdef = nnx.graphdef(blocks[0])
+  if any(nnx.graphdef(b) != graphdef for b in blocks[1:]):
+    raise ValueError(
+      f"{owner}: scan_layers needs identical blocks; these differ (e.g. memory_layers gives "
+      "some blocks no memory): set scan_layers=False"
+    )
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(b) for b in blocks])
+  module = nnx.merge(graphdef, stacked)
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, nnx.Variable) and node.get_metadata().get("out_sharding") is not None:
+      node.set_metadata("out_sharding", ("layers", *node.get_metadata()["out_sharding"]))
+  return module
+
+
+def stacked_params(params: dict) -> dict:
+  """A parameter dict (``nnx.state(model, nnx.Param).to_pure_dict()``, e.g. a checkpoint's) of
+  the unrolled layout (``blocks``: one entry per block) in the ``scan_layers`` layout (``stack``:
+  the blocks' parameters stacked on a leading layer axis)."""
+  if "blocks" not in params:
+    raise ValueError("params: expected the unrolled layout (a 'blocks' entry)")
+  blocks = params["blocks"]
+  out = {k: v for k, v in params.items() if k != "blocks"}
+  layers = [blocks[i] for i in range(len(blocks))]
+  out["stack"] = jax.tree.map(lambda *leaves: jnp.stack(leaves), *layers)
+  return out
+
+
+def unstacked_params(params: dict) -> dict:
+  """The inverse of ``stacked_params``: the ``scan_layers`` layout to one entry per block."""
+  if "stack" not in params:
+    raise ValueError("params: expected the scan_layers layout (a 'stack' entry)")
+  out = {k: v for k, v in params.items() if k != "stack"}
+  n = len(jax.tree.leaves(params["stack"])[0])
+  out["blocks"] = {i: jax.tree.map(lambda leaf, i=i: leaf[i], params["stack"]) for i in range(n)}
+  return out
+
+
 class LM(nnx.Module):
-  """Shared trunk; subclasses say which block each layer is (``_block``)."""
+  """Shared trunk; subclasses say which block each layer is (``_block``).
+
+  With ``scan_layers`` the blocks are stored as one module ``stack`` whose parameters carry a
+  leading layer axis (``stack_blocks``) and run as one ``lax.scan``; otherwise as the list
+  ``blocks``. ``layer(i)`` is block ``i`` either way.
+  """
 
   config_class = LMConfig
 
@@ -187,56 +233,58 @@ class LM(nnx.Module):
       )
     c = self.config = config
     self.embed = param(rngs, nnx.initializers.normal(1.0), (c.vocab, c.dim), ("vocab", "embed"))
-    self.blocks = nnx.List([self._block(c, i, rngs) for i in range(c.layers)])
-    first = nnx.graphdef(self.blocks[0]) if c.scan_layers else None
-    if c.scan_layers and any(nnx.graphdef(b) != first for b in self.blocks[1:]):
-      raise ValueError(
-        f"{type(self).__name__}: scan_layers needs identical blocks; these differ (e.g. "
-        "memory_layers gives some blocks no memory): set scan_layers=False"
-      )
+    blocks = [self._block(c, i, rngs) for i in range(c.layers)]
+    self.blocks = None if c.scan_layers else nnx.List(blocks)
+    self.stack = stack_blocks(blocks, type(self).__name__) if c.scan_layers else None
     self.norm = RMSNorm(c.dim, rngs=rngs)
     self.head = Linear(c.dim, c.vocab, ("embed", "vocab"), rngs=rngs)
 
   def _block(self, c, layer: int, rngs):
     raise NotImplementedError
 
+  def layer(self, i: int):
+    """Block ``i`` (with ``scan_layers``: a module of layer ``i``'s slice of ``stack``)."""
+    if self.stack is None:
+      return self.blocks[i]
+    graphdef, state = nnx.split(self.stack)
+    return nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[i], state))
+
   def init_cache(self, batch: int) -> list:
     """The empty decode cache: one entry per block."""
-    return [block.init_cache(batch) for block in self.blocks]
+    return [self.layer(i).init_cache(batch) for i in range(self.config.layers)]
 
   def __call__(self, tokens, cache=None):
     """``tokens: [B, T]`` int → ``(logits [B, T, V], cache)``; ``cache`` continues a sequence."""
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be an int array [B, T]; got {tokens.dtype} {tokens.shape}")
-    if cache is not None and len(cache) != len(self.blocks):
+    if cache is not None and len(cache) != self.config.layers:
       raise ValueError(
-        f"cache must hold one entry per block ({len(self.blocks)}); got {len(cache)}"
+        f"cache must hold one entry per block ({self.config.layers}); got {len(cache)}"
       )
     dtype = jnp.dtype(self.config.dtype)
     x = self.embed[...][tokens].astype(dtype)  # [B, T, E] in the compute dtype
-    scan = self.config.scan_layers and not any(
-      getattr(b.memory, "record_gates", False) for b in self.blocks if hasattr(b, "memory")
-    )  # a gate-statistics probe sows per block: it runs the blocks one by one
-    x, new_cache = (self._scanned if scan else self._unrolled)(x, cache, dtype)
+    if self.stack is not None and getattr(getattr(self.stack, "memory", None), "record_gates", 0):
+      raise ValueError(
+        "recording gate activations needs the blocks unrolled: build the model with "
+        "scan_layers=False and models.unstacked_params(params) (as train.loop's probe does)"
+      )
+    x, new_cache = (self._unrolled if self.stack is None else self._scanned)(x, cache, dtype)
     return self.head(self.norm(x)).astype(jnp.float32), new_cache  # float32 logits for the loss
 
   def _unrolled(self, x, cache, dtype):
     new_cache = []
     run = nnx.remat(lambda block, x, state: block(x, state)) if self.config.remat else None
-    for block, state in zip(self.blocks, cache or [None] * len(self.blocks), strict=True):
+    for block, state in zip(self.blocks, cache or [None] * self.config.layers, strict=True):
       x, state = run(block, x, state) if run is not None else block(x, state)
       x = x.astype(dtype)  # a block whose core computes in float32 (CMS, Hope) hands back dtype
       new_cache.append(state)
     return x, new_cache
 
   def _scanned(self, x, cache, dtype):
-    """The blocks as one ``lax.scan``: their parameters (and caches) stacked on a leading layer
-    axis for the call, so the block's program is traced and compiled once whatever the depth. The
-    parameters stay one pytree per block (checkpoints and sharding as unrolled)."""
-    parts = [nnx.split(b) for b in self.blocks]
-    graphdef = parts[0][0]
+    """The blocks as one ``lax.scan`` over ``stack``'s layer axis (the block's program is traced
+    and compiled once whatever the depth); the caches are stacked for the call."""
+    graphdef, params = nnx.split(self.stack)
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
-    params = stack([state for _, state in parts])
     caches = stack(cache) if cache is not None else None
 
     def body(x, xs):
@@ -246,7 +294,7 @@ class LM(nnx.Module):
 
     body = jax.checkpoint(body) if self.config.remat else body
     x, new = jax.lax.scan(body, x, (params, caches))
-    return x, [jax.tree.map(lambda leaf, i=i: leaf[i], new) for i in range(len(self.blocks))]
+    return x, [jax.tree.map(lambda leaf, i=i: leaf[i], new) for i in range(self.config.layers)]
 
   def decode(self, tokens, cache):
     """Continue ``cache`` with ``tokens: [B, T]`` (T = 1 for step-by-step generation)."""

@@ -108,8 +108,8 @@ class Block(nnx.Module):
 
 
 def swa(c, rngs, persistent: int):
-  """Sliding-window attention of config ``c`` (window, heads, RoPE, ``attention_conv``) with
-  ``persistent`` tokens."""
+  """Sliding-window attention of config ``c`` (window, heads, RoPE, and ``attention_conv`` where
+  the config has that field) with ``persistent`` tokens."""
   return Attention(
     c.dim,
     c.heads,
@@ -117,7 +117,7 @@ def swa(c, rngs, persistent: int):
     window=c.window,
     n_persistent=persistent,
     rope_base=c.rope_base,
-    conv_kernel=c.attention_conv,
+    conv_kernel=getattr(c, "attention_conv", 0),
     rngs=rngs,
   )
 

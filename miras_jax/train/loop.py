@@ -26,6 +26,7 @@ summary.json it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -297,7 +298,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   flops = lm_flops_per_token(n_params, model_config.layers, model_config.dim, seq_len, window)
   progress = Progress(t.steps, tokens_per_step=tokens_per_step, every=t.log_every, start_step=start)
   probe = jax.jit(
-    _gate_probe(graphdef),
+    _gate_probe(run.model.name, model_config),
     in_shardings=(shardings.params, batch_sh),
     out_shardings=mesh_lib.replicated(mesh),
   )
@@ -381,11 +382,16 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _gate_probe(graphdef):
+def _gate_probe(name: str, model_config):
   """Gate activations of every memory block on a batch (not inside MAC's segment scan):
-  ``{gate name: [all values]}`` for ``gate_statistics``."""
+  ``{gate name: [all values]}`` for ``gate_statistics``. A ``scan_layers`` model is probed as its
+  unrolled twin with the same parameters (``models.unstacked_params``): the probe sows per block."""
+  unrolled = dataclasses.replace(model_config, scan_layers=False)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.get(name, unrolled, rngs=nnx.Rngs(0))))
 
   def probe(params, batch):
+    if model_config.scan_layers:
+      params = models.unstacked_params(params)
     model = nnx.merge(graphdef, params)
     in_scan = {id(b.memory) for _, b in nnx.iter_modules(model) if isinstance(b, MACBlock)}
     for _, module in nnx.iter_modules(model):

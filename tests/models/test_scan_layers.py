@@ -1,6 +1,8 @@
-"""``scan_layers``: the blocks as one ``lax.scan`` over their stacked parameters give the logits,
-the gradients and the decode of the unrolled stack (same parameters), and trace the block once."""
+"""``scan_layers``: the blocks stored stacked and run as one ``lax.scan`` give the logits, the
+gradients and the decode of the unrolled stack (same parameters, converted by
+``models.stacked_params``), and trace the block once."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +61,10 @@ def test_scanned_equals_unrolled(name):
   run = jax.jit(lambda a, b: (_run(a, tokens, 4), _run(b, tokens, 4)))
   (l1, g1, d1), (l2, g2, d2) = run(unrolled, scanned)
   np.testing.assert_allclose(l2, l1, rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  g1 = models.stacked_params(g1.to_pure_dict())
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), g1, g2.to_pure_dict()
+  )
   np.testing.assert_allclose(d2, l1[:, 4:], rtol=1e-4, atol=1e-4)  # decode == forward
   np.testing.assert_allclose(d2, d1, rtol=1e-5, atol=1e-5)
 
@@ -79,6 +83,21 @@ def test_the_block_is_traced_once():
   assert size(scanned) < size(unrolled) / 2  # one block body instead of LAYERS
 
 
+def test_the_scanned_model_holds_the_unrolled_parameters_stacked():
+  unrolled, scanned = _pair("miras_lm")
+  params = nnx.state(unrolled, nnx.Param).to_pure_dict()
+  stacked = nnx.state(scanned, nnx.Param).to_pure_dict()
+  assert "blocks" not in stacked
+  chex.assert_trees_all_equal(models.stacked_params(params), stacked)
+  chex.assert_trees_all_equal(models.unstacked_params(stacked), params)
+  spec = nnx.get_partition_spec(nnx.state(scanned, nnx.Param)).to_pure_dict()
+  assert spec["stack"]["mlp"]["up"]["kernel"] == jax.sharding.PartitionSpec(
+    "layers", "embed", "mlp"
+  )
+  with pytest.raises(ValueError, match="expected the unrolled layout"):
+    models.stacked_params(stacked)
+
+
 def test_scan_layers_needs_identical_blocks():
   with pytest.raises(ValueError, match="scan_layers needs identical blocks"):
     _pair("hybrid_lm", memory_layers=(1,))
@@ -90,3 +109,19 @@ def test_paper_sizes_scan_their_layers():
   for name in models.names():
     assert models.config(name, "340m").scan_layers, name
     assert not models.config(name, "tiny").scan_layers, name
+
+
+def test_the_gate_probe_reads_a_scanned_model_as_its_unrolled_twin():
+  from miras_jax.train.loop import _gate_probe
+
+  tokens = _tokens()
+  got = []
+  for model in _pair("miras_lm"):
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    got.append(jax.jit(_gate_probe("miras_lm", model.config))(params, {"inputs": tokens}))
+  assert set(got[0]) == {"lr", "momentum", "retention"}
+  chex.assert_trees_all_close(got[1], got[0], rtol=1e-6, atol=1e-7)
+  scanned = _pair("miras_lm")[1]
+  scanned.stack.memory.record_gates = True
+  with pytest.raises(ValueError, match="needs the blocks unrolled"):
+    scanned(tokens)
