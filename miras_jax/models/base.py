@@ -122,13 +122,13 @@ class LMConfig:
     return cls(**fields)
 
 
-def check_attention_conv(config) -> None:
-  """``attention_conv``, the taps of the attention's short convolution, is an int >= 0 (0: none)."""
-  if not isinstance(config.attention_conv, int) or config.attention_conv < 0:
-    raise ValueError(
-      f"{type(config).__name__}.attention_conv must be an int >= 0 (0: none); "
-      f"got {config.attention_conv!r}"
-    )
+def check_attention_fields(config) -> None:
+  """``attention_conv`` (taps of the attention's short convolution) and ``attention_chunk``
+  (queries attended at a time) are ints >= 0 (0: none / all)."""
+  for name in ("attention_conv", "attention_chunk"):
+    value = getattr(config, name)
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"{type(config).__name__}.{name} must be an int >= 0; got {value!r}")
 
 
 def check_max_lr(config, *, allow_default: bool) -> None:

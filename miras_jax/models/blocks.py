@@ -108,8 +108,8 @@ class Block(nnx.Module):
 
 
 def swa(c, rngs, persistent: int):
-  """Sliding-window attention of config ``c`` (window, heads, RoPE, and ``attention_conv`` where
-  the config has that field) with ``persistent`` tokens."""
+  """Sliding-window attention of config ``c`` (window, heads, RoPE, and ``attention_conv`` and
+  ``attention_chunk`` where the config has those fields) with ``persistent`` tokens."""
   return Attention(
     c.dim,
     c.heads,
@@ -118,13 +118,15 @@ def swa(c, rngs, persistent: int):
     n_persistent=persistent,
     rope_base=c.rope_base,
     conv_kernel=getattr(c, "attention_conv", 0),
+    query_chunk=getattr(c, "attention_chunk", 0),
     rngs=rngs,
   )
 
 
 def decoding_attention(c, rngs, conv_kernel: int = 0):
   """Full (or windowed) causal attention whose decode cache keeps ``window or max_len`` tokens,
-  with a short convolution of ``conv_kernel`` taps on q, k, v (0: none)."""
+  with a short convolution of ``conv_kernel`` taps on q, k, v (0: none), attending
+  ``c.attention_chunk`` queries at a time where the config has that field."""
   return Attention(
     c.dim,
     c.heads,
@@ -133,5 +135,6 @@ def decoding_attention(c, rngs, conv_kernel: int = 0):
     capacity=c.window or c.max_len,
     rope_base=c.rope_base,
     conv_kernel=conv_kernel,
+    query_chunk=getattr(c, "attention_chunk", 0),
     rngs=rngs,
   )

@@ -11,7 +11,7 @@ from miras_jax.models.base import (
   HYBRID_LAYERS,
   LM,
   MemoryFields,
-  check_attention_conv,
+  check_attention_fields,
   paper_sizes,
 )
 from miras_jax.models.blocks import Block, neural_memory, swa
@@ -26,12 +26,15 @@ class HybridLMConfig(MemoryFields):
   persistent: int = 0  # learned persistent tokens N_p visible to every attention query
   memory_layers: tuple | None = None  # layers with a memory block (None: all; others SWA + MLP)
   attention_conv: int = 0  # taps of a short causal conv + SiLU on the SWA's q, k, v (0: none)
+  attention_chunk: int = 0  # queries the SWA attends at a time (0: all; paper sizes 512)
 
-  SIZE_FIELDS: ClassVar[dict] = paper_sizes((1920, 2304, 4096, 5376), HYBRID_LAYERS, window=2048)
+  SIZE_FIELDS: ClassVar[dict] = paper_sizes(
+    (1920, 2304, 4096, 5376), HYBRID_LAYERS, window=2048, attention_chunk=512
+  )
 
   def _check(self):
     super()._check()
-    check_attention_conv(self)
+    check_attention_fields(self)
     if self.window < 1:
       raise ValueError(f"{type(self).__name__}.window must be >= 1; got {self.window}")
     if self.persistent < 0:

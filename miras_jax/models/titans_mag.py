@@ -32,7 +32,7 @@ class TitansMAGConfig(HybridLMConfig):
   persistent: int = 4  # learned persistent tokens N_p (Titans Eq 19)
 
   SIZE_FIELDS: ClassVar[dict] = paper_sizes(
-    (1920, 2304, 4032, 5376), HYBRID_LAYERS, window=2048, persistent=32
+    (1920, 2304, 4032, 5376), HYBRID_LAYERS, window=2048, persistent=32, attention_chunk=512
   )
 
 

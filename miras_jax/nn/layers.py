@@ -143,6 +143,11 @@ class Attention(nnx.Module):
   on GPU) and XLA otherwise; "xla" or "cudnn" ask for one; "reference" is the einsum form written
   out here, the one the others are tested against.
 
+  ``query_chunk`` c > 0 attends c queries at a time (a ``lax.scan`` over query blocks, each block
+  recomputed in the backward pass), so that the scores held at once are c × S instead of T × S:
+  the activation memory of long sequences on a platform without a fused kernel. 0 (default): all
+  queries at once. Same result (tested against the one-shot form).
+
   ``conv_kernel`` K > 0 adds the memory blocks' short causal convolution (K taps, depthwise, then
   SiLU) on q, k and v before RoPE (the persistent tokens are projected only); its last K − 1
   inputs travel in the cache (``KVCache.conv``).
@@ -160,6 +165,7 @@ class Attention(nnx.Module):
     rope_base=10000.0,
     implementation="auto",
     conv_kernel=0,
+    query_chunk=0,
     rngs,
   ):
     if implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -171,6 +177,9 @@ class Attention(nnx.Module):
       raise ValueError(f"window must be >= 1 or None; got {window}")
     if capacity is not None and capacity < 1:
       raise ValueError(f"capacity must be >= 1 or None; got {capacity}")
+    if not isinstance(query_chunk, int) or query_chunk < 0:
+      raise ValueError(f"query_chunk must be an int >= 0 (0: all queries); got {query_chunk!r}")
+    self.query_chunk = query_chunk
     if not isinstance(conv_kernel, int) or conv_kernel < 0:
       raise ValueError(f"conv_kernel must be an int >= 0 (0: no convolution); got {conv_kernel!r}")
     self.heads, self.head_dim, self.window, self.rope_base = heads, head_dim, window, rope_base
@@ -225,20 +234,43 @@ class Attention(nnx.Module):
       )
       keys, vals = jnp.concatenate([pk, keys], 1), jnp.concatenate([pv, vals], 1)
       mask = jnp.concatenate([jnp.ones((t, p.shape[0]), bool), mask], axis=1)
+    if self.query_chunk and t > self.query_chunk:
+      y = self._by_query_blocks(q, keys, vals, mask)
+    else:
+      y = self._softmax(q, keys, vals, mask)
+    return self.o(y.reshape(b, t, -1))
+
+  def _softmax(self, q, keys, vals, mask):
+    """softmax(q kᵀ/√D) v, ``q: [B, T, H, D]``, ``keys, vals: [B, S, H, D]``, ``mask: [T, S]``."""
     if self.implementation == "reference":
       scores = jnp.einsum("bthd,bshd->bhts", q, keys) / jnp.sqrt(self.head_dim).astype(q.dtype)
       scores = jnp.where(mask[None, None], scores, -jnp.inf)
-      y = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), vals)
-    else:
-      y = jax.nn.dot_product_attention(
-        q,
-        keys,
-        vals,
-        mask=mask[None, None],
-        scale=1.0 / float(np.sqrt(self.head_dim)),
-        implementation=None if self.implementation == "auto" else self.implementation,
-      )
-    return self.o(y.reshape(b, t, -1))
+      return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), vals)
+    return jax.nn.dot_product_attention(
+      q,
+      keys,
+      vals,
+      mask=mask[None, None],
+      scale=1.0 / float(np.sqrt(self.head_dim)),
+      implementation=None if self.implementation == "auto" else self.implementation,
+    )
+
+  def _by_query_blocks(self, q, keys, vals, mask):
+    """``_softmax`` over blocks of ``query_chunk`` queries (padded queries see every key and are
+    dropped), each block under ``jax.checkpoint``."""
+    b, t, h, d = q.shape
+    c = self.query_chunk
+    n = -(-t // c)
+    q = jnp.pad(q, ((0, 0), (0, n * c - t), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, n * c - t), (0, 0)), constant_values=True)
+    blocks = (q.reshape(b, n, c, h, d).swapaxes(0, 1), mask.reshape(n, c, -1))
+
+    @jax.checkpoint
+    def block(carry, xs):
+      return carry, self._softmax(xs[0], keys, vals, xs[1])
+
+    _, ys = jax.lax.scan(block, None, blocks)  # [n, B, c, H, D]
+    return ys.swapaxes(0, 1).reshape(b, n * c, h, d)[:, :t]
 
   def __call__(self, x, cache: KVCache | None = None):
     """``x: [B, T, E]`` → ``(y [B, T, E], cache)``; without a cache the tokens start at position 0."""

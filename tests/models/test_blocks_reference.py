@@ -170,10 +170,11 @@ def test_hope_attention_block():
   chex.assert_trees_all_close(_run(block, x), _cms(block, want), rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("conv", [0, 4])
-def test_transformer_block(conv):
-  block = _block("transformer", max_len=16, attention_conv=conv)
-  assert (block.attention.conv is None) == (conv == 0)
+@pytest.mark.parametrize("conv,chunk", [(0, 0), (4, 4)])
+def test_transformer_block(conv, chunk):
+  """``chunk``: the attention over blocks of 4 queries (T = 10: the last one padded)."""
+  block = _block("transformer", max_len=16, attention_conv=conv, attention_chunk=chunk)
+  assert (block.attention.conv is None) == (conv == 0) and block.attention.query_chunk == chunk
   x = _x(5)
   want = x + ref.attention(block.attention, ref.rms_norm(x, block.norm_attention), heads=H)
   chex.assert_trees_all_close(_run(block, x), _mlp(block, want), rtol=TOL, atol=TOL)

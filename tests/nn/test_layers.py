@@ -163,3 +163,29 @@ def test_dot_product_attention_equals_the_written_out_reference(window, persiste
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="implementation must be one of"):
     make("flash")
+
+
+@pytest.mark.parametrize("window,persistent", [(None, 0), (3, 2)])
+def test_attention_by_query_blocks_equals_all_queries_at_once(window, persistent):
+  """query_chunk=2 over T = 9 (the last block padded), fresh and continued from a cache, and the
+  gradients with respect to the input and the parameters."""
+  make = lambda chunk: nn.Attention(
+    E, H, D, window=window, n_persistent=persistent, capacity=T, query_chunk=chunk,
+    rngs=nnx.Rngs(5),
+  )  # fmt: skip
+  x = _x(3)
+
+  @nnx.jit
+  def run(layer, x):
+    def loss(layer, x):
+      return jnp.sum(jnp.sin(layer(x)[0]))
+
+    (value, (g_layer, g_x)) = nnx.value_and_grad(loss, argnums=(0, 1))(layer, x)
+    y1, cache = layer(x[:, :4], None)
+    y2, _ = layer(x[:, 4:], cache)
+    return layer(x)[0], jnp.concatenate([y1, y2], 1), g_x, nnx.state(g_layer)
+
+  got, want = run(make(2), x), run(make(0), x)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="query_chunk must be an int >= 0"):
+    make(-1)
