@@ -33,6 +33,15 @@ from miras_jax.nn.layers import Linear, RMSNorm, param
 
 SIZES = ("tiny", "170m", "340m", "760m", "1.3b")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # LMConfig.dtype
+# LMConfig.remat_policy: what the backward pass of a remat block keeps from its forward pass
+# (jax.checkpoint policies): "nothing" (only the block's input; everything recomputed), "dots"
+# (every matmul's output), "dots_no_batch" (the outputs of matmuls without batch dimensions: the
+# projections and MLPs, not the attention scores or the memories' per-chunk products).
+REMAT_POLICIES = {
+  "nothing": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_saveable,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 # Shared shape of each size: (layers, dim, heads, head_dim, vocab).
@@ -70,6 +79,7 @@ class LMConfig:
   mlp_hidden: int = 172  # SwiGLU hidden width F
   rope_base: float = 10000.0  # RoPE base of the attention layers
   remat: bool = False  # recompute each block in the backward pass (activation memory ∝ L·B·T·E)
+  remat_policy: str = "nothing"  # what a remat block saves: nothing | dots | dots_no_batch
   scan_layers: bool = False  # run the blocks as one lax.scan over their stacked parameters
   cms: bool = False  # a Continuum Memory System (Nested Learning §7) in place of the SwiGLU MLP
   cms_chunk_sizes: tuple = (2, 8, 32)  # C_ℓ per CMS level: level ℓ updates every C_ℓ tokens
@@ -96,6 +106,11 @@ class LMConfig:
       raise ValueError(f"cms_chunk_sizes must be ints >= 1; got {self.cms_chunk_sizes!r}")
     if not all(0 <= lr < float("inf") for lr in self.cms_lrs):
       raise ValueError(f"cms_lrs must be finite and >= 0; got {self.cms_lrs!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+        f"{type(self).__name__}.remat_policy must be one of {tuple(REMAT_POLICIES)}; "
+        f"got {self.remat_policy!r}"
+      )
     if self.dtype not in COMPUTE_DTYPES:
       raise ValueError(
         f"{type(self).__name__}.dtype must be one of {COMPUTE_DTYPES}; got {self.dtype!r}"
@@ -154,6 +169,9 @@ class MemoryFields(LMConfig):
   channel_gates: tuple = ()  # gates made channel-wise (MIRAS §5.4): any of "lr", "delta", "retention"
   init_scale: float = 0.0  # std·√fan_in of the initial memory (0: default_init_scale: 1, 0.1, 32)
   delta_init: float = 0.0  # Huber threshold δ at initialisation (0: 4·√head_dim)
+  chunk_remat: bool = (
+    True  # checkpoint each memory chunk (the backward keeps chunk-boundary states)
+  )
 
   def _check(self):
     for name in ("chunk_size", "gate_rank", "conv_kernel"):
@@ -273,7 +291,9 @@ class LM(nnx.Module):
 
   def _unrolled(self, x, cache, dtype):
     new_cache = []
-    run = nnx.remat(lambda block, x, state: block(x, state)) if self.config.remat else None
+    policy = REMAT_POLICIES[self.config.remat_policy]
+    call = lambda block, x, state: block(x, state)  # noqa: E731
+    run = nnx.remat(call, policy=policy) if self.config.remat else None
     for block, state in zip(self.blocks, cache or [None] * self.config.layers, strict=True):
       x, state = run(block, x, state) if run is not None else block(x, state)
       x = x.astype(dtype)  # a block whose core computes in float32 (CMS, Hope) hands back dtype
@@ -292,7 +312,8 @@ class LM(nnx.Module):
       x, block_cache = nnx.merge(graphdef, state)(x, block_cache)
       return x.astype(dtype), block_cache
 
-    body = jax.checkpoint(body) if self.config.remat else body
+    policy = REMAT_POLICIES[self.config.remat_policy]
+    body = jax.checkpoint(body, policy=policy) if self.config.remat else body
     x, new = jax.lax.scan(body, x, (params, caches))
     return x, [jax.tree.map(lambda leaf, i=i: leaf[i], new) for i in range(self.config.layers)]
 

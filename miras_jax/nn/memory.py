@@ -106,7 +106,9 @@ class NeuralMemory(nnx.Module):
   softmax rows, whose near-uniform rows at 1 left the memory's output ≈ k). ``grad_clip``
   (``default_grad_clip``, unless ``preset_options`` name it): each token's inner gradient clipped
   at norm 10 for the ℓ2 MLP memories (Titans LMM, TTT-MLP; without it Titans MAG and MAL diverged
-  on MQAR), off otherwise.
+  on MQAR), off otherwise. ``chunk_remat`` (default True): each chunk of the parallel form under
+  ``jax.checkpoint`` (``core.chunked``'s ``remat``: the backward pass keeps the chunk-boundary
+  states and recomputes each chunk's internals; False keeps every chunk's internals).
   """
 
   def __init__(
@@ -124,6 +126,7 @@ class NeuralMemory(nnx.Module):
     channel_gates: tuple[str, ...] = (),
     init_scale: float | None = None,
     delta_init: float | None = None,
+    chunk_remat: bool = True,
     rngs: nnx.Rngs,
   ):
     options = dict(preset_options or {})
@@ -140,6 +143,7 @@ class NeuralMemory(nnx.Module):
     if self.rule.multi_step:
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size
+    self.chunk_remat = bool(chunk_remat)
     if max_lr is None:  # a deep memory's inner GD diverges at steps a linear memory takes
       max_lr = default_max_lr(self.rule)
     if max_lr <= 0:
@@ -276,7 +280,9 @@ class NeuralMemory(nnx.Module):
       )
 
     def one(st, q, k, v, g):
-      return mj.chunked(self.rule, st, q, k, v, g, chunk_size=self.chunk_size)
+      return mj.chunked(
+        self.rule, st, q, k, v, g, chunk_size=self.chunk_size, remat=self.chunk_remat
+      )
 
     ys, memory = jax.vmap(jax.vmap(one))(state.memory, q, k, v, g)  # [B, H, T, D]
     return self._output(ys, x), NeuralMemoryState(cq, ck, cv, memory)
