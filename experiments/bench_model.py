@@ -15,7 +15,8 @@ fresh state and random tokens: one warm-up step, then the median of N timed step
 the device's dense peak for the compute dtype; null where the chip's peak is unknown; memory
 updates are not counted, see ``attention_keys``). Each row
 records the device kind, the jax version and the command. ``--overrides`` (JSON) adds model config
-fields to every row, e.g. ``'{"remat": false}'``.
+fields to every row, e.g. ``'{"remat_policy": "dots"}'``; ``--time_cpu`` times the steps on CPU too
+(for a reduced setting: ``--sizes=170m --seq_len=512``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def define_flags():
   flags.DEFINE_integer("seq_len", 4096, "tokens per sequence")
   flags.DEFINE_integer("steps", 10, "timed steps on an accelerator (0: compile only)")
   flags.DEFINE_string("overrides", "{}", "JSON object of model fields for every row")
+  flags.DEFINE_bool("time_cpu", False, "also time the steps on CPU (slow at the paper sizes)")
   flags.DEFINE_string("out", None, "JSON-lines file to append to (default: stdout)")
 
 
@@ -96,7 +98,7 @@ def attention_keys(built) -> int | None:
   return 0
 
 
-def bench_row(model, size, dtype, seq_len, steps, overrides) -> dict:
+def bench_row(model, size, dtype, seq_len, steps, overrides, time_cpu=False) -> dict:
   import jax
 
   from miras_jax.train.aot import compile_step
@@ -126,7 +128,7 @@ def bench_row(model, size, dtype, seq_len, steps, overrides) -> dict:
     "state_gib": report["gib_per_device"]["state"],
     "command": "python -m experiments.bench_model " + " ".join(sys.argv[1:]),
   }
-  if steps > 0 and device.platform != "cpu":
+  if steps > 0 and (device.platform != "cpu" or time_cpu):
     step_s = time_steps(step, step.compiled, steps)
     tps = n * seq_len / step_s
     flops = lm_flops_per_token(
@@ -158,7 +160,7 @@ def main(argv):
     for model in FLAGS.models:
       for size in FLAGS.sizes:
         for dtype in FLAGS.dtypes:
-          row = bench_row(model, size, dtype, FLAGS.seq_len, FLAGS.steps, overrides)
+          row = bench_row(model, size, dtype, FLAGS.seq_len, FLAGS.steps, overrides, FLAGS.time_cpu)
           print(json.dumps(row), file=out, flush=True)
   finally:
     if out is not sys.stdout:

@@ -7,7 +7,6 @@ import jax
 
 from experiments import bench_model
 from miras_jax import models
-from miras_jax.train.aot import compile_step
 
 
 def test_row_config_sets_sequence_batch_dtype_and_overrides():
@@ -28,11 +27,12 @@ def test_attention_keys_per_model():
   assert keys("miras_lm") == 0 and keys("hope") == 0
 
 
-def test_a_tiny_step_compiles_runs_and_is_timed():
-  n = jax.device_count()  # one sequence per device, as the benchmark's rows
-  config = bench_model.row_config("transformer", "tiny", "float32", 16, n, {})
-  step = compile_step(config, {"data": n, "fsdp": 1, "tensor": 1})
-  assert step.batch_shape == (n, 16)
-  assert step.report["memory_analysis"]["temp_size_in_bytes"] > 0
-  seconds = bench_model.time_steps(step, step.compiled, 2)
-  assert math.isfinite(seconds) and seconds > 0
+def test_a_tiny_row_compiles_runs_and_is_timed():
+  row = bench_model.bench_row("transformer", "tiny", "float32", 16, 2, {}, time_cpu=True)
+  n = jax.device_count()  # one sequence per device
+  assert (row["devices"], row["seq_len"], row["platform"]) == (n, 16, "cpu")
+  assert row["temp_gib_per_seq"] is not None and row["compile_s"] > 0
+  assert math.isfinite(row["step_s"]) and row["step_s"] > 0
+  # tokens/s from the unrounded step time (step_s is rounded to 0.1 ms)
+  assert abs(row["tokens_per_s"] * row["step_s"] - n * 16) <= n * 16 * (0.5e-4 / row["step_s"])
+  assert row["mfu"] is None  # no known peak for a CPU
