@@ -27,6 +27,7 @@ class TitansMACConfig(MemoryFields):
   # what the memory learns: "tokens" the segment's normalised inputs z (the default, measured on
   # MQAR: docs/models.md), "attention" the attention outputs y (the paper's Eq 24)
   writes: str = "tokens"
+  segment_remat: bool = True  # checkpoint each segment (the backward keeps the carried state)
 
   SIZE_FIELDS: ClassVar[dict] = paper_sizes(
     (1920, 2304, 4032, 5376), HYBRID_LAYERS, segment=1024, persistent=32
@@ -74,12 +75,14 @@ class MACBlock(nnx.Module):
   titans-pytorch does. On MQAR-64 the paper's form stays near chance where the default learns
   (docs/models.md).
 
-  A call without a cache runs the whole segments with ``lax.scan`` over segments and a remainder
-  token by token; a call with a cache runs token by token (the segment buffer is the cache).
+  A call without a cache runs the whole segments with ``lax.scan`` over segments (each under
+  ``jax.checkpoint`` with ``c.segment_remat``: the backward pass keeps the carried memory state per
+  segment and recomputes the segment) and a remainder token by token; a call with a cache runs
+  token by token (the segment buffer is the cache).
   """
 
   def __init__(self, c, *, rngs):
-    self.segment = c.segment
+    self.segment, self.segment_remat = c.segment, c.segment_remat
     self.write_tokens = c.writes == "tokens"
     self.norm = RMSNorm(c.dim, rngs=rngs)
     self.memory = neural_memory(c, rngs)
@@ -145,9 +148,8 @@ class MACBlock(nnx.Module):
       n = t // self.segment
       if n:
         segments = z[:, : n * self.segment].reshape(b, n, self.segment, e).swapaxes(0, 1)
-        (state, read_conv), o = jax.lax.scan(
-          self._segment, (cache.memory, cache.read_conv), segments
-        )
+        body = jax.checkpoint(self._segment) if self.segment_remat else self._segment
+        (state, read_conv), o = jax.lax.scan(body, (cache.memory, cache.read_conv), segments)
         outs.append(o.swapaxes(0, 1).reshape(b, n * self.segment, e))
         length = jnp.asarray(n * self.segment, jnp.int32)
         cache = cache._replace(memory=state, read_conv=read_conv, length=length)

@@ -1,4 +1,5 @@
-"""Remat policies (``remat_policy``) and the memory's per-chunk checkpoint (``chunk_remat``) change
+"""Remat policies (``remat_policy``), the memory's per-chunk checkpoint (``chunk_remat``) and MAC's
+per-segment checkpoint (``segment_remat``) change
 what the backward pass keeps, not what it computes: equal losses and gradients, and a policy that
 saves more holds more temporary memory (so the policy reaches the compiled step)."""
 
@@ -14,9 +15,10 @@ from tests.models.test_models import _EXTRA, _TINY, _tokens
 FIELDS = {**_TINY, **_EXTRA["miras_lm"], "preset": "titans_lmm"}
 
 
-def _loss_and_grads(tokens, **fields):
-  config = models.config("miras_lm", "tiny", **FIELDS, **fields)
-  model = models.get("miras_lm", config, rngs=nnx.Rngs(0))
+def _loss_and_grads(tokens, name="miras_lm", **fields):
+  base = FIELDS if name == "miras_lm" else {**_TINY, **_EXTRA[name]}
+  config = models.config(name, "tiny", **base, **fields)
+  model = models.get(name, config, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
 
   def loss(p):
@@ -47,6 +49,14 @@ def test_remat_policies_and_chunk_remat_give_equal_gradients():
     chex.assert_trees_all_close(value, want_value, rtol=1e-6, atol=1e-7, custom_message=name)
     chex.assert_trees_all_close(grads, want, rtol=1e-4, atol=1e-6, custom_message=name)
   assert temps["dots"] > temps["nothing"], temps
+
+
+@pytest.mark.slow  # MAC's fwd + bwd compiles twice (~20 s on 2 cores)
+def test_mac_segment_remat_gives_equal_gradients():
+  tokens = _tokens()
+  want_value, want, _ = _loss_and_grads(tokens, "titans_mac", segment_remat=False)
+  value, grads, _ = _loss_and_grads(tokens, "titans_mac", segment_remat=True)
+  chex.assert_trees_all_close((value, grads), (want_value, want), rtol=1e-4, atol=1e-6)
 
 
 def test_remat_policy_is_checked():
