@@ -84,6 +84,24 @@ def scan_chunks(body, carry, full, rest, remat: bool, empty):
   return join_chunks(outs, empty), carry
 
 
+def remat_scan(body, carry, xs, remat: bool):
+  """``jax.lax.scan(body, carry, xs)``; with ``remat`` each step is under ``jax.checkpoint`` and,
+  where the length n has a divisor g with √n ≤ g < n (the smallest such), the steps are grouped g
+  at a time under a second checkpoint: the backward pass then keeps n/g + g carries instead of n
+  (Hope's scans, whose carries are whole memories). Values and gradients are those of the plain
+  scan."""
+  if not remat:
+    return jax.lax.scan(body, carry, xs)
+  step = jax.checkpoint(body)
+  n = jax.tree.leaves(xs)[0].shape[0]
+  g = next((g for g in range(max(math.isqrt(n - 1) + 1, 2), n) if n % g == 0), n) if n > 1 else n
+  if g == n:
+    return jax.lax.scan(step, carry, xs)
+  grouped = jax.tree.map(lambda x: x.reshape(n // g, g, *x.shape[1:]), xs)
+  carry, ys = jax.lax.scan(jax.checkpoint(lambda c, xg: jax.lax.scan(step, c, xg)), carry, grouped)
+  return carry, jax.tree.map(lambda y: y.reshape(n, *y.shape[2:]), ys)
+
+
 def check_chunk_size(chunk_size) -> None:
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from miras_jax.core.blocks import from_blocks, to_blocks
+from miras_jax.core.blocks import from_blocks, remat_scan, to_blocks
 from miras_jax.core.memory import ACTIVATIONS
 
 VARIANTS = ("sequential", "nested", "independent")
@@ -202,7 +202,9 @@ class CMS:
     return tuple(new), tuple(accum), tuple(squares)
 
 
-def cms_chunked(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool = False):
+def cms_chunked(
+  cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool = False, remat: bool = True
+):
   """Chunked (parallel) CMS: scans blocks of ``C_min`` tokens; inside a block the parameters are
   fixed, so outputs and gradients of all its tokens are computed at once.
 
@@ -210,6 +212,8 @@ def cms_chunked(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool 
     cms: the level schedule; state: from ``cms.init_state`` or a previous call (calls compose).
     x: ``[T, d]``; outer: the meta-learned ``CMSOuter``.
     aligned: the caller promises ``state.position`` is a multiple of ``C_min`` (a fresh state).
+    remat: each block under ``jax.checkpoint``, grouped under a second one (``remat_scan``): the
+      backward pass keeps about 2·√(T / C_min) block-boundary states and recomputes the rest.
 
   Returns:
     ``(y [T, d], state)``. Equals ``cms_recurrent`` (token by token) up to float round-off.
@@ -226,7 +230,7 @@ def cms_chunked(cms: CMS, state: CMSState, x, outer: CMSOuter, *, aligned: bool 
     return cms._boundary(params, accum, squares, end, mb[-1] > 0), y
 
   carry = (state.params, state.accum, state.inputs_sq)
-  (params, accum, squares), ys = jax.lax.scan(body, carry, (blocks, mask, ends))
+  (params, accum, squares), ys = remat_scan(body, carry, (blocks, mask, ends), remat)
   t = x.shape[0]
   return from_blocks(ys, phase, t), CMSState(params, accum, state.position + t, squares)
 

@@ -57,7 +57,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from miras_jax.core.blocks import from_blocks, to_blocks
+from miras_jax.core.blocks import from_blocks, remat_scan, to_blocks
 from miras_jax.core.memory import ACTIVATIONS
 
 MEMORIES = ("k", "v", "eta", "alpha", "memory")
@@ -231,7 +231,9 @@ class SelfModTitans:
         )
 
 
-def selfmod_chunked(rule: SelfModTitans, state: SelfModState, x, q, outer, *, aligned=False):
+def selfmod_chunked(
+  rule: SelfModTitans, state: SelfModState, x, q, outer, *, aligned=False, remat: bool = True
+):
   """Chunked self-modifying Titans: blocks of ``min(chunk sizes)`` tokens; reads and gradients of a
   block in parallel at the chunk-start states, then the DGD recurrence token by token.
 
@@ -239,6 +241,9 @@ def selfmod_chunked(rule: SelfModTitans, state: SelfModState, x, q, outer, *, al
     rule: the ``SelfModTitans`` configuration; state: from ``init_state`` or a previous call.
     x: ``[T, d]`` the (convolved) input; q: ``[T, d]`` the non-adaptive query projection.
     outer: ``SelfModOuter``; aligned: the caller promises the position is a chunk multiple.
+    remat: each block under ``jax.checkpoint``, grouped under a second one (``remat_scan``): the
+      backward pass keeps about 2·√(T / block) block-boundary memories and recomputes the rest
+      (without it, every token's memories are kept).
 
   Returns:
     ``(o [T, d], state)``; equals ``selfmod_recurrent`` up to float round-off.
@@ -263,7 +268,7 @@ def selfmod_chunked(rule: SelfModTitans, state: SelfModState, x, q, outer, *, al
     return (weights, base, momentum), out
 
   carry = (state.weights, state.base, state.momentum)
-  (weights, base, momentum), outs = jax.lax.scan(block, carry, (xb, qb, mask, ends))
+  (weights, base, momentum), outs = remat_scan(block, carry, (xb, qb, mask, ends), remat)
   t = x.shape[0]
   return from_blocks(outs, phase, t), SelfModState(weights, base, momentum, state.position + t)
 
