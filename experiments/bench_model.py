@@ -6,10 +6,12 @@ an accelerator its step time, tokens/s and MFU, in float32 and bfloat16 (JSON li
     python -m experiments.bench_model --steps=10 --out=runs/bench_model_gpu.jsonl  # accelerator
 
 Each row builds ``configs/<model>.py:<size>`` (the paper sizes: ``remat`` and ``scan_layers`` on)
-with ``--seq_len`` tokens per sequence and one sequence per device, and compiles its train step
-as the training loop does (``miras_jax.train.aot.compile_step``; data-parallel over the visible
-devices). ``temp_gib_per_seq`` is XLA's ``memory_analysis().temp_size_in_bytes`` per device, that is
-per sequence. With ``--steps`` N > 0 and a platform other than CPU it then runs the step on a
+with ``--seq_len`` tokens per sequence and ``--per_device`` sequences per device (1), and compiles
+its train step as the training loop does (``miras_jax.train.aot.compile_step``; data-parallel over
+the visible devices). ``temp_gib`` is XLA's ``memory_analysis().temp_size_in_bytes`` per device:
+with one sequence it includes the step's gradient and optimizer-update buffers, which do not grow
+with the batch; the difference of two ``--per_device`` values is the activation memory per
+sequence. With ``--steps`` N > 0 and a platform other than CPU it then runs the step on a
 fresh state and random tokens: one warm-up step, then the median of N timed steps
 (``step_s``), ``tokens_per_s`` and ``mfu`` (model FLOPs ``train.flops.lm_flops_per_token`` over
 the device's dense peak for the compute dtype; null where the chip's peak is unknown; memory
@@ -40,6 +42,7 @@ def define_flags():
   flags.DEFINE_integer("seq_len", 4096, "tokens per sequence")
   flags.DEFINE_integer("steps", 10, "timed steps on an accelerator (0: compile only)")
   flags.DEFINE_string("overrides", "{}", "JSON object of model fields for every row")
+  flags.DEFINE_integer("per_device", 1, "sequences per device in a step")
   flags.DEFINE_bool("time_cpu", False, "also time the steps on CPU (slow at the paper sizes)")
   flags.DEFINE_string("out", None, "JSON-lines file to append to (default: stdout)")
 
@@ -98,14 +101,14 @@ def attention_keys(built) -> int | None:
   return 0
 
 
-def bench_row(model, size, dtype, seq_len, steps, overrides, time_cpu=False) -> dict:
+def bench_row(model, size, dtype, seq_len, steps, overrides, time_cpu=False, per_device=1) -> dict:
   import jax
 
   from miras_jax.train.aot import compile_step
   from miras_jax.train.flops import lm_flops_per_token, mfu, peak_flops_per_device
 
   n = jax.device_count()
-  config = row_config(model, size, dtype, seq_len, n, overrides)
+  config = row_config(model, size, dtype, seq_len, n * per_device, overrides)
   step = compile_step(config, {"data": n, "fsdp": 1, "tensor": 1})
   report = step.report
   device = jax.devices()[0]
@@ -124,13 +127,14 @@ def bench_row(model, size, dtype, seq_len, steps, overrides, time_cpu=False) -> 
     "jax": jax.__version__,
     "compile_s": report["seconds"]["compile"],
     "lower_s": report["seconds"]["lower"],
-    "temp_gib_per_seq": None if temp is None else round(temp / 2**30, 3),
+    "per_device": per_device,
+    "temp_gib": None if temp is None else round(temp / 2**30, 3),
     "state_gib": report["gib_per_device"]["state"],
     "command": "python -m experiments.bench_model " + " ".join(sys.argv[1:]),
   }
   if steps > 0 and (device.platform != "cpu" or time_cpu):
     step_s = time_steps(step, step.compiled, steps)
-    tps = n * seq_len / step_s
+    tps = n * per_device * seq_len / step_s
     flops = lm_flops_per_token(
       report["params"], report["layers"], report["dim"], seq_len, attention_keys(step.built)
     )
@@ -160,7 +164,16 @@ def main(argv):
     for model in FLAGS.models:
       for size in FLAGS.sizes:
         for dtype in FLAGS.dtypes:
-          row = bench_row(model, size, dtype, FLAGS.seq_len, FLAGS.steps, overrides, FLAGS.time_cpu)
+          row = bench_row(
+            model,
+            size,
+            dtype,
+            FLAGS.seq_len,
+            FLAGS.steps,
+            overrides,
+            time_cpu=FLAGS.time_cpu,
+            per_device=FLAGS.per_device,
+          )
           print(json.dumps(row), file=out, flush=True)
   finally:
     if out is not sys.stdout:

@@ -31,7 +31,7 @@ def test_a_tiny_row_compiles_runs_and_is_timed():
   row = bench_model.bench_row("transformer", "tiny", "float32", 16, 2, {}, time_cpu=True)
   n = jax.device_count()  # one sequence per device
   assert (row["devices"], row["seq_len"], row["platform"]) == (n, 16, "cpu")
-  assert row["temp_gib_per_seq"] is not None and row["compile_s"] > 0
+  assert row["temp_gib"] is not None and row["compile_s"] > 0 and row["per_device"] == 1
   assert math.isfinite(row["step_s"]) and row["step_s"] > 0
   # tokens/s from the unrounded step time (step_s is rounded to 0.1 ms)
   assert abs(row["tokens_per_s"] * row["step_s"] - n * 16) <= n * 16 * (1e-4 / row["step_s"])
