@@ -142,14 +142,18 @@ def test_attention_is_causal_and_windowed():
     nn.Attention(E, H, D, conv_kernel=-1, rngs=nnx.Rngs(0))
 
 
+def _cached_attention(window, persistent, seed, **options):
+  """An attention layer with a cache of T tokens, the given window, persistent tokens, options."""
+  return nn.Attention(
+    E, H, D, window=window, n_persistent=persistent, capacity=T, rngs=nnx.Rngs(seed), **options
+  )
+
+
 @pytest.mark.parametrize("window,persistent", [(None, 0), (3, 2)])
 def test_dot_product_attention_equals_the_written_out_reference(window, persistent):
   """The default path (jax.nn.dot_product_attention) against implementation="reference" with the
   same parameters: a fresh call, and a prefill continued from its cache."""
-  make = lambda impl: nn.Attention(
-    E, H, D, window=window, n_persistent=persistent, capacity=T, implementation=impl,
-    rngs=nnx.Rngs(4),
-  )  # fmt: skip
+  make = lambda impl: _cached_attention(window, persistent, 4, implementation=impl)  # noqa: E731
   x = _x(2)
 
   @nnx.jit
@@ -169,10 +173,7 @@ def test_dot_product_attention_equals_the_written_out_reference(window, persiste
 def test_attention_by_query_blocks_equals_all_queries_at_once(window, persistent):
   """query_chunk=2 over T = 9 (the last block padded), fresh and continued from a cache, and the
   gradients with respect to the input and the parameters."""
-  make = lambda chunk: nn.Attention(
-    E, H, D, window=window, n_persistent=persistent, capacity=T, query_chunk=chunk,
-    rngs=nnx.Rngs(5),
-  )  # fmt: skip
+  make = lambda chunk: _cached_attention(window, persistent, 5, query_chunk=chunk)  # noqa: E731
   x = _x(3)
 
   @nnx.jit
