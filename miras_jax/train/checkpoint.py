@@ -208,7 +208,8 @@ class Checkpointer:
       logging.warning("%s", msg)
       warnings.warn(msg, CheckpointRestoreWarning, stacklevel=2)
     listing = "\n".join(f"  step {s}: {reason}" for s, _, reason in failures)
-    raise RuntimeError(f"No checkpoint in {self._directory} could be restored:\n{listing}")
+    hint = _layout_hint(abstract_state, [reason for _, _, reason in failures])
+    raise RuntimeError(f"No checkpoint in {self._directory} could be restored:\n{listing}{hint}")
 
   def wait(self) -> None:
     """Blocks until every save issued so far is committed (re-raises a background save error)."""
@@ -350,6 +351,27 @@ def _as_abstract(tree: Any) -> Any:
     return leaf
 
   return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+def _layout_hint(abstract_state, reasons: list[str]) -> str:
+  """A hint when the failures are the two block layouts of ``scan_layers`` meeting: the run's
+  parameters stacked (``stack``) and the checkpoint's one per block (``blocks``), or the reverse."""
+  params = getattr(abstract_state, "params", None)
+  if not isinstance(params, dict) or not any("tree structures do not match" in r for r in reasons):
+    return ""
+  if not any(".blocks" in r or ".stack" in r for r in reasons):  # the mismatch is elsewhere
+    return ""
+  if "stack" in params:
+    saved, now, convert = "one per block (scan_layers=False)", "stacked", "stacked_params"
+  elif "blocks" in params:
+    saved, now, convert = "stacked (scan_layers=True)", "one per block", "unstacked_params"
+  else:
+    return ""
+  return (
+    f"\nThe checkpoints hold the blocks' parameters {saved} and this run's model holds them "
+    f"{now}: set model.overrides.scan_layers as the saved run had it, or convert the saved "
+    f"parameters with miras_jax.models.{convert}. The checkpoints are left as they are."
+  )
 
 
 def _reason(e: BaseException) -> str:

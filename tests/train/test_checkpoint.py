@@ -445,3 +445,27 @@ def _writable(directory) -> bool:
     return False
   probe.unlink()
   return True
+
+
+@pytest.mark.parametrize("saved_stacked", [False, True])
+def test_a_checkpoint_of_the_other_block_layout_is_named_and_kept(tmp_path, saved_stacked):
+  """A run restored with the other ``scan_layers`` layout than it saved gets an error that says so
+  and names the conversion; the checkpoint stays on disk."""
+  from miras_jax import models
+  from miras_jax.train.step import TrainState
+
+  w = lambda s: jax.random.normal(jax.random.key(s), (64, 64))  # noqa: E731
+  unrolled = {"embed": w(0), "blocks": {0: {"w": w(1)}, 1: {"w": w(2)}}}
+  stacked = models.stacked_params(unrolled)
+  saved, run = (stacked, unrolled) if saved_stacked else (unrolled, stacked)
+  state = lambda p: TrainState(p, {"mu": p}, jnp.int32(1), jax.random.key(0))  # noqa: E731
+  ckpt = Checkpointer(str(tmp_path), async_save=False)
+  assert ckpt.save(1, state(saved), {})
+  ckpt.wait()
+  convert = "unstacked_params" if saved_stacked else "stacked_params"
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", CheckpointRestoreWarning)
+    with pytest.raises(RuntimeError, match=rf"scan_layers.*miras_jax\.models\.{convert}"):
+      ckpt.restore(_abstract(state(run)))
+  assert _step_dirs(tmp_path) == ["1"]
+  ckpt.close()
