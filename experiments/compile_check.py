@@ -92,18 +92,7 @@ def _use_fake_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
-_assignments: list[tuple[str, str]] = []
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flags, with the ``--config.PATH=VALUE`` assignments kept for ``apply_overrides`` (as
-  the launcher: ``--config.model.overrides.FIELD`` may set any field of the model's config)."""
-  from miras_jax.train.settings import split_assignments
-
-  rest, assignments = split_assignments(argv)
-  _assignments.extend(assignments)
-  sys.argv[:] = rest
-  return flags.FLAGS(rest)
+_assignments: list[tuple[str, str]] = []  # the --config.PATH=VALUE flags, for apply_overrides
 
 
 def main(argv):
@@ -120,4 +109,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  from miras_jax.train.settings import assignment_flags_parser
+
+  app.run(main, flags_parser=assignment_flags_parser(_assignments))

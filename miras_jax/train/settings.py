@@ -294,6 +294,23 @@ def split_assignments(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]
   return rest, assignments
 
 
+def assignment_flags_parser(assignments: list):
+  """A ``flags_parser`` for ``absl.app.run``: absl parses the command line without its
+  ``--config.PATH=VALUE`` flags, which are appended to ``assignments`` for ``apply_overrides``
+  (so that ``--config.model.overrides.FIELD`` may set any field of the model's config)."""
+  import sys
+
+  from absl import flags
+
+  def parse(argv: list[str]) -> list[str]:
+    rest, found = split_assignments(argv)
+    assignments.extend(found)
+    sys.argv[:] = rest  # config_flags also reads the overrides from sys.argv
+    return flags.FLAGS(rest)
+
+  return parse
+
+
 def apply_overrides(config, assignments) -> None:
   """Sets ``(dotted path, text)`` pairs from ``--config.PATH=TEXT`` flags on the ConfigDict
   ``config``, each text parsed as the type of the value it replaces (Python literals: numbers,
