@@ -15,7 +15,7 @@ sequence. With ``--steps`` N > 0 and a platform other than CPU it then runs the 
 fresh state and random tokens: one warm-up step, then the median of N timed steps
 (``step_s``), ``tokens_per_s`` and ``mfu`` (model FLOPs ``train.flops.lm_flops_per_token`` over
 the device's dense peak for the compute dtype; null where the chip's peak is unknown; memory
-updates are not counted, see ``attention_keys``). Each row
+updates are not counted, see ``train.flops.attention_keys``). Each row
 records the device kind, the jax version and the command. ``--overrides`` (JSON) adds model config
 fields to every row, e.g. ``'{"remat_policy": "dots"}'``; ``--time_cpu`` times the steps on CPU too
 (for a reduced setting: ``--sizes=170m --seq_len=512``).
@@ -63,7 +63,7 @@ def row_config(model: str, size: str, dtype: str, seq_len: int, batch: int, over
   return c
 
 
-def time_steps(step, compiled, steps: int) -> float:
+def time_steps(step, steps: int) -> float:
   """Median seconds of ``steps`` calls of the donated step after one warm-up call."""
   import jax
   import numpy as np
@@ -79,6 +79,7 @@ def time_steps(step, compiled, steps: int) -> float:
     "mask": np.ones(shape, bool),
   }
   batch = jax.device_put(batch, step.batch_sharding)
+  compiled = step.compiled
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -90,22 +91,11 @@ def time_steps(step, compiled, steps: int) -> float:
   return float(np.median(times))
 
 
-def attention_keys(built) -> int | None:
-  """Keys per query of the model's softmax attention for the FLOP count: None full attention, a
-  window, MAC's ``[h ‖ z]`` segment (2·C), 0 without attention (``lm_flops_per_token``)."""
-  c = built.model_config
-  if hasattr(c, "segment"):
-    return 2 * c.segment
-  if hasattr(c, "window"):
-    return c.window
-  return 0
-
-
 def bench_row(model, size, dtype, seq_len, steps, overrides, time_cpu=False, per_device=1) -> dict:
   import jax
 
   from miras_jax.train.aot import compile_step
-  from miras_jax.train.flops import lm_flops_per_token, mfu, peak_flops_per_device
+  from miras_jax.train.flops import attention_keys, lm_flops_per_token, mfu, peak_flops_per_device
 
   n = jax.device_count()
   config = row_config(model, size, dtype, seq_len, n * per_device, overrides)
@@ -133,10 +123,14 @@ def bench_row(model, size, dtype, seq_len, steps, overrides, time_cpu=False, per
     "command": "python -m experiments.bench_model " + " ".join(sys.argv[1:]),
   }
   if steps > 0 and (device.platform != "cpu" or time_cpu):
-    step_s = time_steps(step, step.compiled, steps)
+    step_s = time_steps(step, steps)
     tps = n * per_device * seq_len / step_s
     flops = lm_flops_per_token(
-      report["params"], report["layers"], report["dim"], seq_len, attention_keys(step.built)
+      report["params"],
+      report["layers"],
+      report["dim"],
+      seq_len,
+      attention_keys(step.built.model_config),
     )
     peak = peak_flops_per_device(device, dtype=dtype)
     row |= {

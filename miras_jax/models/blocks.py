@@ -108,34 +108,27 @@ class Block(nnx.Module):
     return x + y, BlockCache(memory_state, kv, mlp_state)
 
 
-def swa(c, rngs, persistent: int):
-  """Sliding-window attention of config ``c`` (window, heads, RoPE, and ``attention_conv`` and
-  ``attention_chunk`` where the config has those fields) with ``persistent`` tokens."""
+def _attention(c, rngs, **options):
+  """Softmax attention of config ``c`` (heads, window, RoPE, and ``attention_conv`` and
+  ``attention_chunk`` where the config has those fields) with ``options`` of ``Attention``."""
   return Attention(
     c.dim,
     c.heads,
     c.head_dim,
     window=c.window,
-    n_persistent=persistent,
     rope_base=c.rope_base,
     conv_kernel=getattr(c, "attention_conv", 0),
     query_chunk=getattr(c, "attention_chunk", 0),
     rngs=rngs,
+    **options,
   )
 
 
-def decoding_attention(c, rngs, conv_kernel: int = 0):
-  """Full (or windowed) causal attention whose decode cache keeps ``window or max_len`` tokens,
-  with a short convolution of ``conv_kernel`` taps on q, k, v (0: none), attending
-  ``c.attention_chunk`` queries at a time where the config has that field."""
-  return Attention(
-    c.dim,
-    c.heads,
-    c.head_dim,
-    window=c.window,
-    capacity=c.window or c.max_len,
-    rope_base=c.rope_base,
-    conv_kernel=conv_kernel,
-    query_chunk=getattr(c, "attention_chunk", 0),
-    rngs=rngs,
-  )
+def swa(c, rngs, persistent: int):
+  """Sliding-window attention of config ``c`` with ``persistent`` tokens (``_attention``)."""
+  return _attention(c, rngs, n_persistent=persistent)
+
+
+def decoding_attention(c, rngs):
+  """Full (or windowed) causal attention whose decode cache keeps ``window or max_len`` tokens."""
+  return _attention(c, rngs, capacity=c.window or c.max_len)

@@ -40,4 +40,4 @@ class Transformer(LM):
   config_class = TransformerConfig
 
   def _block(self, c, layer, rngs):
-    return Block(c, None, decoding_attention(c, rngs, c.attention_conv), rngs=rngs)
+    return Block(c, None, decoding_attention(c, rngs), rngs=rngs)

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["lm_flops_per_token", "mfu", "peak_flops_per_device"]
+__all__ = ["attention_keys", "lm_flops_per_token", "mfu", "peak_flops_per_device"]
 
 
 # Dense (no structured sparsity) peak FLOP/s per JAX device, from the vendors' datasheets: NVIDIA
@@ -108,6 +108,17 @@ def mfu(
   if peak_flops <= 0:
     raise ValueError(f"peak_flops must be positive, got {peak_flops}")
   return float(tokens_per_second) * float(flops_per_token) / float(peak_flops)
+
+
+def attention_keys(model_config) -> int | None:
+  """Keys per query of a model's softmax attention, as ``lm_flops_per_token``'s
+  ``attention_window``: None for full attention (a ``window`` of None), the window, MAC's
+  ``[h ‖ z]`` segment (2·C), 0 without attention."""
+  if hasattr(model_config, "segment"):
+    return 2 * model_config.segment
+  if hasattr(model_config, "window"):
+    return model_config.window
+  return 0
 
 
 def lm_flops_per_token(

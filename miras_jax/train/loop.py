@@ -48,7 +48,7 @@ from miras_jax.models.titans_mac import MACBlock
 from miras_jax.nn.memory import NeuralMemory
 from miras_jax.train import mesh as mesh_lib
 from miras_jax.train.checkpoint import Checkpointer
-from miras_jax.train.flops import lm_flops_per_token, mfu, peak_flops_per_device
+from miras_jax.train.flops import attention_keys, lm_flops_per_token, mfu, peak_flops_per_device
 from miras_jax.train.gate_stats import gate_statistics
 from miras_jax.train.metrics import MetricsWriter
 from miras_jax.train.optimizer import make_optimizer, schedule
@@ -294,8 +294,8 @@ def train(config, workdir: str) -> dict[str, Any]:
   seq_len = int(np.prod(abstract_batch_shape(train_source, run)[1:]))
   tokens_per_step = t.batch_size * seq_len
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-  window = getattr(model_config, "window", None) or getattr(model_config, "segment", 0)
-  flops = lm_flops_per_token(n_params, model_config.layers, model_config.dim, seq_len, window)
+  keys = attention_keys(model_config)
+  flops = lm_flops_per_token(n_params, model_config.layers, model_config.dim, seq_len, keys)
   progress = Progress(t.steps, tokens_per_step=tokens_per_step, every=t.log_every, start_step=start)
   probe = jax.jit(
     _gate_probe(run.model.name, model_config),

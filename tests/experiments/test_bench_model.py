@@ -1,12 +1,10 @@
-"""experiments.bench_model: the rows' configs, the FLOP count's attention keys, a timed step."""
+"""experiments.bench_model: the rows' configs and a timed step."""
 
 import math
-import types
 
 import jax
 
 from experiments import bench_model
-from miras_jax import models
 
 
 def test_row_config_sets_sequence_batch_dtype_and_overrides():
@@ -14,17 +12,6 @@ def test_row_config_sets_sequence_batch_dtype_and_overrides():
   assert c.data.pack_len == 4096 and c.train.batch_size == 2 and c.train.grad_accum == 1
   o = c.model.overrides
   assert (o.dtype, o.remat, o.preset, c.model.size) == ("bfloat16", False, "moneta", "170m")
-
-
-def test_attention_keys_per_model():
-  keys = lambda name, **f: bench_model.attention_keys(  # noqa: E731
-    types.SimpleNamespace(model_config=models.config(name, "tiny", **f))
-  )
-  assert keys("transformer") is None  # full attention
-  assert keys("transformer", window=32) == 32
-  assert keys("titans_mac", segment=8) == 16  # [h ‖ z]
-  assert keys("titans_mag", window=16) == 16
-  assert keys("miras_lm") == 0 and keys("hope") == 0
 
 
 def test_a_tiny_row_compiles_runs_and_is_timed():

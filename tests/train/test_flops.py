@@ -8,7 +8,8 @@ import types
 import jax.numpy as jnp
 import pytest
 
-from miras_jax.train.flops import lm_flops_per_token, mfu, peak_flops_per_device
+from miras_jax import models
+from miras_jax.train.flops import attention_keys, lm_flops_per_token, mfu, peak_flops_per_device
 
 # ------------------------------------------------------------------------------------------------
 # FLOPs and MFU
@@ -62,3 +63,12 @@ def test_lm_flops_per_token_hand_example():
   assert lm_flops_per_token(1_000_000, 2, 64, 128) == 6_000_000  # window 0: no softmax attention
   with pytest.raises(ValueError):
     lm_flops_per_token(1, 1, 1, 1, attention_window=-1)
+
+
+def test_attention_keys_per_model():
+  keys = lambda name, **f: attention_keys(models.config(name, "tiny", **f))  # noqa: E731
+  assert keys("transformer") is None  # full attention
+  assert keys("transformer", window=32) == 32
+  assert keys("titans_mac", segment=8) == 16  # [h ‖ z]
+  assert keys("titans_mag", window=16) == 16
+  assert keys("miras_lm") == 0 and keys("hope") == 0
