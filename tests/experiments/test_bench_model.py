@@ -3,6 +3,7 @@
 import math
 
 import jax
+import pytest
 
 from experiments import bench_model
 
@@ -14,6 +15,7 @@ def test_row_config_sets_sequence_batch_dtype_and_overrides():
   assert (o.dtype, o.remat, o.preset, c.model.size) == ("bfloat16", False, "moneta", "170m")
 
 
+@pytest.mark.slow  # a whole train step on 8 fake devices (~7 s cold)
 def test_a_tiny_row_compiles_runs_and_is_timed():
   row = bench_model.bench_row("transformer", "tiny", "float32", 16, 2, {}, time_cpu=True)
   n = jax.device_count()  # one sequence per device

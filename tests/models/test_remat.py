@@ -35,6 +35,7 @@ def _loss_and_grads(tokens, name="miras_lm", **fields):
   return value, grads, temp
 
 
+@pytest.mark.slow  # five fwd + bwd compiles (~36 s cold on 2 cores)
 def test_remat_policies_and_chunk_remat_give_equal_gradients():
   tokens = _tokens()
   want_value, want, _ = _loss_and_grads(tokens)  # no remat at all
