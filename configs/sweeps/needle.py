@@ -14,7 +14,8 @@ DeltaNet at 1000 steps and 1e-2 reached exact match 0.43 at 128 bytes (76 s on 2
 
 At that lr every memory runs with the sweeps' numerical guards (``mqar.guard_options``: the
 inner-gradient clip of MLP memories, Moneta's and Memora's floors; linear memories such as Gated
-DeltaNet keep their exact, unguarded form).
+DeltaNet keep their exact, unguarded form), unless ``config(name, guards=False)`` (the sweeps'
+``defaults=1``) leaves them at the block's defaults.
 """
 
 import ml_collections
@@ -28,14 +29,20 @@ WINDOW = 16  # sliding window (MAG, MAL) / segment (MAC) of the attention, < CON
 
 
 def get_config(arg: str | None = None):
-  name = arg or "titans_mac"
+  return config(arg or "titans_mac")
+
+
+def config(name: str, guards: bool = True):
+  """The needle config of model or preset ``name``; ``guards=False`` leaves the memory at the
+  block's own defaults (its η cap, δ_0, initial memory and inner clip, docs/models.md) instead of
+  the sweeps' numerical guards."""
   overrides = dict(vocab=256, dim=64, layers=2, heads=2, head_dim=32, mlp_hidden=128)
   if name not in models.names():
     overrides["preset"] = name  # a memory preset: miras_lm with that rule
     name = "miras_lm"
   if name != "transformer":
     overrides.update(chunk_size=16, gate_rank=16)
-    options = mqar.guard_options(overrides.get("preset", "titans_lmm"))
+    options = mqar.guard_options(overrides.get("preset", "titans_lmm")) if guards else ()
     if options:
       overrides["preset_options"] = options
   if name in ("titans_mag", "titans_mal", "hybrid_lm"):

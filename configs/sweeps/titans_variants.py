@@ -9,7 +9,10 @@ The attention of each variant sees ``WINDOW`` = 16 tokens (MAC: segments of 16; 
 recall from further back must go through the memory (2-layer Titans MLP, chunk 16). Trained at one
 length, evaluated at it and at longer ones (MQAR 64/128/256; S-NIAH-PK 128/256/512). Configs:
 ``configs/sweeps/mqar.py`` and ``configs/sweeps/needle.py``. The argument ``clip=C`` runs the needle
-task's guarded memories with another inner-gradient clip (sweep name + ``_clip<C>``).
+task's guarded memories with another inner-gradient clip (sweep name + ``_clip<C>``);
+``defaults=1`` runs its memories at the block's defaults instead of the guards:
+
+  nice -n 5 .venv/bin/python -m experiments.sweep --sweep=configs/sweeps/titans_variants.py:s_niah_pk,defaults=1 --seeds=3
 """
 
 from configs import common
@@ -19,13 +22,17 @@ MODELS = ("titans_mac", "titans_mag", "titans_mal")
 
 
 def get_config(arg: str | None = None):
-  """``arg``: ``[TASK][,clip=C]``: TASK mqar (default) or s_niah_pk; C another inner clip of the
-  guarded memories (the sweep's name gets ``_clip<C>``)."""
-  o = common.parse_arg(arg, task="mqar", clip=0.0)
-  task, clip = o["task"], float(o["clip"])
+  """``arg``: ``[TASK][,clip=C][,defaults=1]``: TASK mqar (default) or s_niah_pk; C another inner
+  clip of the guarded memories (the sweep's name gets ``_clip<C>``); defaults=1 (needle only) the
+  block's defaults instead of the guards (name + ``_defaults``)."""
+  o = common.parse_arg(arg, task="mqar", clip=0.0, defaults=0)
+  task, clip, defaults = o["task"], float(o["clip"]), int(o["defaults"])
+  if defaults and task != "s_niah_pk":
+    raise ValueError("defaults=1 applies to the s_niah_pk sweep only (MQAR runs no guards)")
   if task == "s_niah_pk":
-    variants = [(m, needle.get_config(m)) for m in MODELS]
+    variants = [(m, needle.config(m, guards=not defaults)) for m in MODELS]
     lengths, name, metric = (128, 256, 512), "titans_variants_needle", "exact_match"
+    name += "_defaults" if defaults else ""
   elif task == "mqar":
     variants = []
     for m in MODELS:

@@ -3,7 +3,7 @@
 import pytest
 
 import miras_jax as mj
-from configs.sweeps import miras_models, mqar, needle
+from configs.sweeps import miras_models, mqar, needle, titans_variants
 
 
 @pytest.mark.parametrize("preset", ["titans_lmm", "moneta", "yaad", "memora", "gated_delta_net"])
@@ -46,3 +46,21 @@ def test_with_inner_clip_replaces_only_the_clip():
   assert dict(moneta.model.overrides.preset_options)["grad_clip"] == mqar.INNER_CLIP  # a copy
   gdn = needle.get_config("gated_delta_net")
   assert mqar.with_inner_clip(gdn, 10.0) is gdn  # no clip to replace: unchanged
+
+
+def test_needle_sweeps_at_the_block_defaults_drop_only_the_guards():
+  for sweep, model in [(miras_models, "moneta"), (miras_models, "memora")]:
+    guarded = dict(sweep.get_config("s_niah_pk").variants)[model]
+    plain = dict(sweep.get_config("s_niah_pk,defaults=1").variants)[model]
+    assert "preset_options" in guarded.model.overrides
+    assert "preset_options" not in plain.model.overrides
+    rest = {k: v for k, v in guarded.model.overrides.items() if k != "preset_options"}
+    assert dict(plain.model.overrides) == rest
+    assert plain.optimizer.lr == guarded.optimizer.lr and plain.train.steps == guarded.train.steps
+  assert miras_models.get_config("s_niah_pk,defaults=1").name == "miras_models_needle_defaults"
+  mac = dict(titans_variants.get_config("s_niah_pk,defaults=1").variants)["titans_mac"]
+  assert "preset_options" not in mac.model.overrides
+  assert titans_variants.get_config("s_niah_pk,defaults=1").name == "titans_variants_needle_defaults"
+  for sweep in (miras_models, titans_variants):
+    with pytest.raises(ValueError, match="defaults=1 applies to the s_niah_pk sweep only"):
+      sweep.get_config("mqar,defaults=1")

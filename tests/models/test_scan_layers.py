@@ -13,6 +13,7 @@ from miras_jax import models
 from tests.models.test_models import _EXTRA, _TINY, _tokens
 
 LAYERS = 3
+SPLIT = 5  # prefill 5 tokens, then decode 2 (from the prefill cache, then from a decode cache)
 
 
 def _pair(name, **fields):
@@ -56,16 +57,16 @@ _SLOW = pytest.mark.slow
   ],
 )
 def test_scanned_equals_unrolled(name):
-  unrolled, scanned = _pair(name)
+  unrolled, scanned = _pair(name, layers=2)
   tokens = _tokens()
-  run = jax.jit(lambda a, b: (_run(a, tokens, 4), _run(b, tokens, 4)))
+  run = jax.jit(lambda a, b: (_run(a, tokens, SPLIT), _run(b, tokens, SPLIT)))
   (l1, g1, d1), (l2, g2, d2) = run(unrolled, scanned)
   np.testing.assert_allclose(l2, l1, rtol=1e-5, atol=1e-5)
   g1 = models.stacked_params(g1.to_pure_dict())
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), g1, g2.to_pure_dict()
   )
-  np.testing.assert_allclose(d2, l1[:, 4:], rtol=1e-4, atol=1e-4)  # decode == forward
+  np.testing.assert_allclose(d2, l1[:, SPLIT:], rtol=1e-4, atol=1e-4)  # decode == forward
   np.testing.assert_allclose(d2, d1, rtol=1e-5, atol=1e-5)
 
 

@@ -30,7 +30,7 @@ _DATA = dict(seq_len=16, vocab=32, num_pairs=2, train_size=256, test_size=32, se
 def _config(data_dir, **train):
   c = mqar.get_config()
   c.model.overrides.update(
-    vocab=32, dim=16, heads=2, head_dim=8, mlp_hidden=32, chunk_size=8, gate_rank=4
+    vocab=32, dim=16, layers=1, heads=2, head_dim=8, mlp_hidden=32, chunk_size=8, gate_rank=4
   )
   c.data.options.update(_DATA)
   c.data.data_dir = str(data_dir)
