@@ -60,7 +60,9 @@ def test_needle_sweeps_at_the_block_defaults_drop_only_the_guards():
   assert miras_models.get_config("s_niah_pk,defaults=1").name == "miras_models_needle_defaults"
   mac = dict(titans_variants.get_config("s_niah_pk,defaults=1").variants)["titans_mac"]
   assert "preset_options" not in mac.model.overrides
-  assert titans_variants.get_config("s_niah_pk,defaults=1").name == "titans_variants_needle_defaults"
+  assert (
+    titans_variants.get_config("s_niah_pk,defaults=1").name == "titans_variants_needle_defaults"
+  )
   for sweep in (miras_models, titans_variants):
     with pytest.raises(ValueError, match="defaults=1 applies to the s_niah_pk sweep only"):
       sweep.get_config("mqar,defaults=1")
