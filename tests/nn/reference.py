@@ -203,8 +203,12 @@ class MemoryReference:
   ``layer`` provides the learned matrices only; the gate biases are the documented initial ones.
   """
 
-  def __init__(self, layer, *, preset, preset_options, chunk_size, max_lr, heads, head_dim):
+  def __init__(
+    self, layer, *, preset, preset_options, chunk_size, max_lr, heads, head_dim, lr_init=None
+  ):
+    """``lr_init``: η at initialisation as a fraction of ``max_lr`` (None: the documented σ(−2))."""
     self.layer, self.heads, self.head_dim = layer, heads, head_dim
+    self.lr_bias = GATES["lr"][1] if lr_init is None else float(np.log(lr_init / (1 - lr_init)))
     options = dict(preset_options)
     if preset in DEFAULT_GRAD_CLIP and "grad_clip" not in options:
       options["grad_clip"] = DEFAULT_GRAD_CLIP[preset]
@@ -244,6 +248,8 @@ class MemoryReference:
       act, bias = GATES[name]
       if name == "delta":
         bias = np.log(np.expm1(4.0 * np.sqrt(self.head_dim)))
+      if name == "lr":
+        bias = self.lr_bias
       gate = self.layer.gates[name]
       z = x @ kernel(gate.down) @ kernel(gate.up) + bias  # [B, T, H]
       value = act(z) * (self.max_lr if name == "lr" else 1.0)

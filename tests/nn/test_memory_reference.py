@@ -112,6 +112,27 @@ def test_channel_gates_follow_the_documented_data_flow():
   chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=TOL, atol=TOL)
 
 
+def test_lr_init_sets_eta_at_initialisation():
+  """``lr_init=0.7``: η = max_lr·σ(x D U + logit 0.7) (the default's bias is −2, η ≈ 0.12·max_lr);
+  out of (0, 1) is refused by name."""
+  layer = NeuralMemory(
+    E, H, D, preset="moneta", chunk_size=CHUNK, conv_kernel=4, gate_rank=4, lr_init=0.7,
+    rngs=nnx.Rngs(4),
+  )  # fmt: skip
+  ref.randomize_norm_scales(layer)
+  x = _x(2)
+  got, _ = nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x, jnp.float32))
+  kw = dict(preset="moneta", preset_options={}, chunk_size=CHUNK, max_lr=0.01, heads=H, head_dim=D)
+  memory = ref.MemoryReference(layer, lr_init=0.7, **kw)
+  want, _ = memory(x, memory.init_state(B))
+  chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=TOL, atol=TOL)
+  default = ref.MemoryReference(layer, **kw)
+  assert np.abs(default(x, default.init_state(B))[0] - want).max() > 10 * TOL  # η matters here
+  for bad in (0.0, 1.0, 1.5):
+    with pytest.raises(ValueError, match="lr_init must be in"):
+      NeuralMemory(E, H, D, preset="moneta", lr_init=bad, rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize(
   "preset,scale", [("titans_lmm", 1.0), ("memora", 32.0), ("gated_delta_net", 0.1)]
 )
