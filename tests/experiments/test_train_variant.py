@@ -1,5 +1,7 @@
 """The variant runner's config: configs/mqar.py with the given model fields, nothing else changed."""
 
+import pytest
+
 from configs import mqar
 from experiments.train_variant import variant_config
 
@@ -23,3 +25,17 @@ def test_model_names_pass_through():
     c.model.name == "titans_mac"
     and c.model.overrides == mqar.get_config("titans_mac").model.overrides
   )
+
+
+def test_the_harder_mqar_changes_only_the_data_and_the_vocabulary():
+  base = variant_config("moneta", {}, lr=3e-3, steps=600, seed=0, data_dir="d")
+  hard = variant_config("moneta", {}, lr=3e-3, steps=600, seed=0, data_dir="d", task="mqar256")
+  assert (hard.data.options.seq_len, hard.data.options.num_pairs) == (256, 32)
+  assert hard.data.options.vocab == hard.model.overrides.vocab == 256
+  assert base.data.options.seq_len == 64 and base.model.overrides.vocab == 64
+  assert {k: v for k, v in hard.model.overrides.items() if k != "vocab"} == {
+    k: v for k, v in base.model.overrides.items() if k != "vocab"
+  }
+  assert hard.train == base.train and hard.optimizer == base.optimizer
+  with pytest.raises(ValueError, match="task must be one of mqar64, mqar256"):
+    variant_config("moneta", {}, lr=3e-3, steps=600, seed=0, data_dir="d", task="mqar1k")
