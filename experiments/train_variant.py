@@ -4,7 +4,7 @@ r"""One MQAR run of a model variant in the ``make train`` setting, with model fi
       --overrides='{"max_lr": 0.01}' --workdir_root=runs/variants --out=docs/results/miras_learn.jsonl
 
 ``--model``: a model name (``titans_mac``, …) or a memory preset (then ``miras_lm`` with it);
-``--overrides``: fields of the model's config class (``preset_options`` as a list of
+``--overrides``: fields of the model's config class (pairs such as ``preset_options`` as lists of
 [name, value] pairs, tuples as lists), set on ``configs/mqar.py`` (600 steps, batch 32, peak lr
 ``--lr``). One checkpoint at the end, no mid-run evaluation (the loop's final evaluation gives
 ``acc``). Appends one JSON line to ``--out``: name, model, overrides, lr, steps, seed, task (when not
@@ -58,9 +58,8 @@ def variant_config(
   overrides = dict(overrides)
   if model not in models.names():  # a memory preset: miras_lm with that rule
     overrides["preset"], model = model, "miras_lm"
-  if "preset_options" in overrides:
-    overrides["preset_options"] = tuple(tuple(p) for p in overrides["preset_options"])
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  tuples = lambda v: tuple(tuples(x) for x in v) if isinstance(v, list) else v  # JSON lists
+  overrides = {k: tuples(v) for k, v in overrides.items()}
   if "vocab" in TASKS[task]:
     overrides.setdefault("vocab", TASKS[task]["vocab"])
   c = common.with_overrides(mqar.get_config(model), lr=lr, steps=steps, **overrides)

@@ -169,7 +169,7 @@ class MemoryFields(LMConfig):
   channel_gates: tuple = ()  # gates made channel-wise (MIRAS §5.4): any of "lr", "delta", "retention"
   init_scale: float = 0.0  # std·√fan_in of the initial memory (0: default_init_scale: 1, 0.1, 32)
   delta_init: float = 0.0  # Huber threshold δ at initialisation (0: 4·√head_dim)
-  lr_init: float = 0.0  # η at initialisation as a fraction of max_lr, in (0, 1) (0: σ(−2) ≈ 0.12)
+  gate_init: tuple = ()  # (gate, value) initial sigmoid-gate values, e.g. (("retention", 0.998),)
   chunk_remat: bool = (
     True  # checkpoint each memory chunk (the backward keeps chunk-boundary states)
   )
@@ -183,8 +183,13 @@ class MemoryFields(LMConfig):
         raise ValueError(
           f"{type(self).__name__}.{name} must be finite and >= 0; got {getattr(self, name)}"
         )
-    if not (self.lr_init == 0 or 0 < self.lr_init < 1):
-      raise ValueError(f"{type(self).__name__}.lr_init must be in (0, 1) or 0; got {self.lr_init}")
+    if not isinstance(self.gate_init, tuple) or not all(
+      isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in self.gate_init
+    ):
+      raise ValueError(
+        f"{type(self).__name__}.gate_init must be a tuple of (gate, value) pairs; got "
+        f"{self.gate_init!r}"
+      )
     check_max_lr(self, allow_default=True)
     if not isinstance(self.channel_gates, (tuple, list)) or not all(
       isinstance(n, str) for n in self.channel_gates

@@ -38,7 +38,7 @@ def neural_memory(c, rngs: nnx.Rngs) -> NeuralMemory:
     channel_gates=tuple(c.channel_gates),
     init_scale=c.init_scale or None,
     delta_init=c.delta_init or None,
-    lr_init=c.lr_init or None,
+    gate_init=dict(c.gate_init),
     chunk_remat=c.chunk_remat,
     rngs=rngs,
   )

@@ -103,9 +103,10 @@ class NeuralMemory(nnx.Module):
   norm ≈ 1.4·√head_dim, so Yaad starts in its ℓ2 branch (with δ_0 ≈ 1 it ran as sign descent and
   stayed near chance). ``init_scale``: the initial memory's normal init, std ``init_scale/√fan_in``
   (``default_init_scale``: 1 for MLP memories, 0.1 for linear, 32 for the logits of Memora's
-  softmax rows, whose near-uniform rows at 1 left the memory's output ≈ k). ``lr_init``: η at
-  initialisation as a fraction of ``max_lr`` (the lr gate's bias is its logit; default σ(−2) ≈
-  0.12). ``grad_clip``
+  softmax rows, whose near-uniform rows at 1 left the memory's output ≈ k). ``gate_init``: initial
+  values of the sigmoid gates by name (``lr``: η / ``max_lr``; ``retention``, ``retention_value``,
+  ``momentum``: the gate's value), each in (0, 1); the gate's bias is its logit. Unnamed gates keep
+  GATE_INIT's biases (η at σ(−2) ≈ 0.12·max_lr, α at σ(4) ≈ 0.982, μ at σ(2) ≈ 0.88). ``grad_clip``
   (``default_grad_clip``, unless ``preset_options`` name it): each token's inner gradient clipped
   at norm 10 for the ℓ2 MLP memories (Titans LMM, TTT-MLP; without it Titans MAG and MAL diverged
   on MQAR), off otherwise. ``chunk_remat`` (default True): each chunk of the parallel form under
@@ -128,7 +129,7 @@ class NeuralMemory(nnx.Module):
     channel_gates: tuple[str, ...] = (),
     init_scale: float | None = None,
     delta_init: float | None = None,
-    lr_init: float | None = None,
+    gate_init: dict | None = None,
     chunk_remat: bool = True,
     rngs: nnx.Rngs,
   ):
@@ -167,11 +168,16 @@ class NeuralMemory(nnx.Module):
     if not delta_init > 0:
       raise ValueError(f"delta_init must be > 0; got {delta_init}")
     self.delta_init = float(delta_init)
-    if lr_init is None:
-      lr_init = 1.0 / (1.0 + math.exp(-GATE_INIT["lr"][1]))  # σ(bias) (no jax op: may run traced)
-    if not 0 < lr_init < 1:
-      raise ValueError(f"lr_init must be in (0, 1) (η at initialisation / max_lr); got {lr_init}")
-    self.lr_init = float(lr_init)
+    self.gate_init = {}
+    for name, value in dict(gate_init or {}).items():
+      if name not in GATE_INIT or GATE_INIT[name][0] is not jax.nn.sigmoid:
+        sigmoid = sorted(n for n, (act, _) in GATE_INIT.items() if act is jax.nn.sigmoid)
+        raise ValueError(
+          f"gate_init: {name!r} is not a sigmoid gate (one of {', '.join(sigmoid)}; δ: delta_init)"
+        )
+      if not 0 < value < 1:
+        raise ValueError(f"gate_init[{name!r}] must be in (0, 1); got {value}")
+      self.gate_init[name] = float(value)
     self.gates = nnx.Dict(
       {
         name: LowRankGate(
@@ -229,12 +235,12 @@ class NeuralMemory(nnx.Module):
     return {n: d if n in own or n in channel_gates else 1 for n in self.gate_names}
 
   def gate_bias(self, name: str) -> float:
-    """The initial bias of gate ``name`` (δ's from ``delta_init``, η's from ``lr_init``, the others
-    from GATE_INIT)."""
+    """The initial bias of gate ``name`` (δ's from ``delta_init``, the logit of ``gate_init``'s
+    value where it names the gate, else GATE_INIT's)."""
     if name == "delta":
       return softplus_inverse(self.delta_init)
-    if name == "lr":
-      return math.log(self.lr_init / (1.0 - self.lr_init))
+    if name in self.gate_init:
+      return math.log(self.gate_init[name] / (1.0 - self.gate_init[name]))
     return GATE_INIT[name][1]
 
   def gate_width(self, name: str) -> int:

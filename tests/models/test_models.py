@@ -232,8 +232,8 @@ def test_registry_configs_and_bad_input():
     models.config("hybrid_lm", memory_layers=(5,))
   with pytest.raises(ValueError, match="dim"):
     models.config("transformer", dim=0)
-  with pytest.raises(ValueError, match="lr_init must be in"):
-    models.config("miras_lm", lr_init=1.0)
+  with pytest.raises(ValueError, match="gate_init must be a tuple of"):
+    models.config("miras_lm", gate_init={"lr": 0.5})
   model = _model("transformer")
   with pytest.raises(ValueError, match="tokens"):
     model(jnp.zeros((B, T)))

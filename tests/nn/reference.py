@@ -204,11 +204,12 @@ class MemoryReference:
   """
 
   def __init__(
-    self, layer, *, preset, preset_options, chunk_size, max_lr, heads, head_dim, lr_init=None
+    self, layer, *, preset, preset_options, chunk_size, max_lr, heads, head_dim, gate_init=None
   ):
-    """``lr_init``: η at initialisation as a fraction of ``max_lr`` (None: the documented σ(−2))."""
+    """``gate_init``: initial values of sigmoid gates by name (``lr``: η / ``max_lr``); the others
+    start at the documented biases."""
     self.layer, self.heads, self.head_dim = layer, heads, head_dim
-    self.lr_bias = GATES["lr"][1] if lr_init is None else float(np.log(lr_init / (1 - lr_init)))
+    self.biases = {n: float(np.log(v / (1 - v))) for n, v in (gate_init or {}).items()}
     options = dict(preset_options)
     if preset in DEFAULT_GRAD_CLIP and "grad_clip" not in options:
       options["grad_clip"] = DEFAULT_GRAD_CLIP[preset]
@@ -248,8 +249,7 @@ class MemoryReference:
       act, bias = GATES[name]
       if name == "delta":
         bias = np.log(np.expm1(4.0 * np.sqrt(self.head_dim)))
-      if name == "lr":
-        bias = self.lr_bias
+      bias = self.biases.get(name, bias)
       gate = self.layer.gates[name]
       z = x @ kernel(gate.down) @ kernel(gate.up) + bias  # [B, T, H]
       value = act(z) * (self.max_lr if name == "lr" else 1.0)

@@ -112,25 +112,30 @@ def test_channel_gates_follow_the_documented_data_flow():
   chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=TOL, atol=TOL)
 
 
-def test_lr_init_sets_eta_at_initialisation():
-  """``lr_init=0.7``: η = max_lr·σ(x D U + logit 0.7) (the default's bias is −2, η ≈ 0.12·max_lr);
-  out of (0, 1) is refused by name."""
+def test_gate_init_sets_the_gates_at_initialisation():
+  """``gate_init``: η = max_lr·σ(x D U + logit 0.7) and α = σ(x D U + logit 0.995) (defaults: biases
+  −2 and 4); a gate that is not a sigmoid gate, or a value out of (0, 1), is refused by name."""
+  init = {"lr": 0.7, "retention": 0.995}
   layer = NeuralMemory(
-    E, H, D, preset="moneta", chunk_size=CHUNK, conv_kernel=4, gate_rank=4, lr_init=0.7,
+    E, H, D, preset="memora", chunk_size=CHUNK, conv_kernel=4, gate_rank=4, gate_init=init,
     rngs=nnx.Rngs(4),
   )  # fmt: skip
   ref.randomize_norm_scales(layer)
   x = _x(2)
   got, _ = nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x, jnp.float32))
-  kw = dict(preset="moneta", preset_options={}, chunk_size=CHUNK, max_lr=0.01, heads=H, head_dim=D)
-  memory = ref.MemoryReference(layer, lr_init=0.7, **kw)
-  want, _ = memory(x, memory.init_state(B))
-  chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=TOL, atol=TOL)
-  default = ref.MemoryReference(layer, **kw)
-  assert np.abs(default(x, default.init_state(B))[0] - want).max() > 10 * TOL  # η matters here
-  for bad in (0.0, 1.0, 1.5):
-    with pytest.raises(ValueError, match="lr_init must be in"):
-      NeuralMemory(E, H, D, preset="moneta", lr_init=bad, rngs=nnx.Rngs(0))
+  kw = dict(preset="memora", preset_options={}, chunk_size=CHUNK, max_lr=0.01, heads=H, head_dim=D)
+  want = None
+  for gates in (init, {"lr": 0.7}, {"retention": 0.995}):
+    memory = ref.MemoryReference(layer, gate_init=gates, **kw)
+    out = memory(x, memory.init_state(B))[0]
+    if want is None:
+      want = out
+      chex.assert_trees_all_close(np.asarray(got, np.float64), want, rtol=5e-4, atol=5e-4)
+    else:  # each of the two initial values changes the output
+      assert np.abs(out - want).max() > 1e-2, gates
+  for bad, match in [({"delta": 0.5}, "not a sigmoid gate"), ({"lr": 1.0}, r"must be in \(0, 1\)")]:
+    with pytest.raises(ValueError, match=match):
+      NeuralMemory(E, H, D, preset="yaad", gate_init=bad, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize(
