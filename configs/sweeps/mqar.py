@@ -5,7 +5,8 @@ fewer steps) so that variants separate and one run takes well under a minute on 
   python -m experiments.train --config=configs/sweeps/mqar.py:gated_delta_net --workdir=/tmp/s
 
 ``arg``: a model name (default miras_lm, titans_lmm memory) or a memory preset name (then
-miras_lm with that preset). The sweeps (``configs/sweeps/<sweep>.py``) override model fields per
+miras_lm with that preset: ``miras_jax.models.resolve``, so this config imports only
+ml_collections). The sweeps (``configs/sweeps/<sweep>.py``) override model fields per
 variant. Chance accuracy on the queried values is 1 / (vocab / 2).
 
 ``guard_options`` are the numerical guards the sweeps run memories with at the higher lr 1e-2
@@ -27,9 +28,7 @@ import copy
 
 import ml_collections
 
-import miras_jax as mj
 from configs import common
-from miras_jax import models
 
 DATA_DIR = "runs/sweeps/tfds"  # prepared datasets, shared by all sweep runs (git-ignored)
 SEQ_LEN = 64  # tokens per example
@@ -40,12 +39,18 @@ LQ_EPS = 0.01  # Moneta's floor of ‖A‖_4 in its ℓq normaliser (presets.mon
 KL_EPS = 1e-6  # Memora's floor of W before log W (presets.memora eps; the library default 1e-30)
 
 
+GUARDS = {  # memory preset → preset_options of the sweeps' numerical guards (the MLP memories)
+  "ttt_mlp": (("grad_clip", INNER_CLIP),),
+  "titans_lmm": (("grad_clip", INNER_CLIP),),
+  "moneta": (("grad_clip", INNER_CLIP), ("eps", LQ_EPS)),
+  "yaad": (("grad_clip", INNER_CLIP),),
+  "memora": (("grad_clip", INNER_CLIP), ("eps", KL_EPS)),
+}
+
+
 def get_config(arg: str | None = None):
-  name = arg or "miras_lm"
+  name = arg or "miras_lm"  # a model, or a memory preset (the library runs miras_lm with it)
   overrides = dict(vocab=VOCAB, dim=64, layers=2, heads=2, head_dim=32, mlp_hidden=128)
-  if name not in models.names():
-    overrides["preset"] = name  # a memory preset: miras_lm with that rule
-    name = "miras_lm"
   if name != "transformer":
     overrides.update(chunk_size=16, gate_rank=16)
   if name == "miras_lm":
@@ -78,27 +83,25 @@ def short_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def guard_options(preset: str) -> tuple:
-  """The ``preset_options`` of the sweeps' numerical guards for memory ``preset`` (() for linear
-  memories: they keep their exact, unclipped form)."""
-  rule = mj.presets.get(preset)
-  options = ()
-  if isinstance(rule, mj.Rule) and isinstance(rule.memory, mj.MLPMemory):
-    options += (("grad_clip", INNER_CLIP),)
-  eps = {"moneta": LQ_EPS, "memora": KL_EPS}.get(preset)
-  if eps is not None:
-    options += (("eps", eps),)
-  return options
+  """The ``preset_options`` of the sweeps' numerical guards for memory ``preset`` (``GUARDS``; ()
+  for the linear memories: they keep their exact, unclipped form)."""
+  return GUARDS.get(preset, ())
 
 
 def with_inner_clip(c: ml_collections.ConfigDict, clip: float) -> ml_collections.ConfigDict:
-  """A copy of ``c`` whose memory's ``grad_clip`` option is ``clip`` (configs without one are
-  returned unchanged: linear memories and the Transformer keep their unclipped form)."""
-  options = tuple(c.model.overrides.get("preset_options", ()))
-  if not any(k == "grad_clip" for k, _ in options):
+  """A copy of ``c`` whose memory's ``grad_clip`` option is ``clip``, in its preset_options and in
+  its guard table (``model.preset_defaults``); configs without one are returned unchanged: linear
+  memories and the Transformer keep their unclipped form."""
+  swap = lambda options: tuple((k, clip if k == "grad_clip" else v) for k, v in options)
+  has_clip = lambda options: any(k == "grad_clip" for k, _ in options)
+  own = tuple(c.model.overrides.get("preset_options", ()))
+  tables = dict(c.model.get("preset_defaults") or {})
+  if not has_clip(own) and not any(has_clip(t) for t in tables.values()):
     return c
   c = copy.deepcopy(c)
   with c.unlocked():
-    c.model.overrides.preset_options = tuple(
-      (k, clip if k == "grad_clip" else v) for k, v in options
-    )
+    if has_clip(own):
+      c.model.overrides.preset_options = swap(own)
+    if tables:
+      c.model.preset_defaults = ml_collections.ConfigDict({p: swap(t) for p, t in tables.items()})
   return c

@@ -6,13 +6,14 @@ byte level (vocab 256), trained at one context length; the sweeps evaluate at se
     --tasks=s_niah_pk --lengths=128,256,512
 
 ``arg``: a model name (default titans_mac) or a memory preset name (then miras_lm with that
-preset). The hybrid models get an attention window / segment of ``WINDOW`` tokens, shorter than
+preset: ``miras_jax.models.resolve``). The hybrid models get an attention window / segment of ``WINDOW`` tokens, shorter than
 the training context, so the needle is out of the attention's reach and only the memory can carry
 it. Sizes follow ``configs/sweeps/mqar.py``; training is longer (1000 steps) at a higher peak lr
 (1e-2): a pilot at the MQAR sweeps' 300 steps and 3e-3 (titans_mal) scored 0, while Gated
 DeltaNet at 1000 steps and 1e-2 reached exact match 0.43 at 128 bytes (76 s on 2 CPU cores).
 
-At that lr every memory runs with the sweeps' numerical guards (``mqar.guard_options``: the
+At that lr every memory runs with the sweeps' numerical guards (``mqar.GUARDS`` as the model's
+``preset_defaults``, applied to the preset it runs: the
 inner-gradient clip of MLP memories, Moneta's and Memora's floors; linear memories such as Gated
 DeltaNet keep their exact, unguarded form), unless ``config(name, guards=False)`` (the sweeps'
 ``defaults=1``) leaves them at the block's defaults.
@@ -22,7 +23,6 @@ import ml_collections
 
 from configs import common
 from configs.sweeps import mqar
-from miras_jax import models
 
 CONTEXT = 128  # training context length (bytes; S-NIAH-PK needs >= 108)
 WINDOW = 16  # sliding window (MAG, MAL) / segment (MAC) of the attention, < CONTEXT
@@ -37,19 +37,15 @@ def config(name: str, guards: bool = True):
   block's own defaults (its η cap, δ_0, initial memory and inner clip, docs/models.md) instead of
   the sweeps' numerical guards."""
   overrides = dict(vocab=256, dim=64, layers=2, heads=2, head_dim=32, mlp_hidden=128)
-  if name not in models.names():
-    overrides["preset"] = name  # a memory preset: miras_lm with that rule
-    name = "miras_lm"
   if name != "transformer":
     overrides.update(chunk_size=16, gate_rank=16)
-    options = mqar.guard_options(overrides.get("preset", "titans_lmm")) if guards else ()
-    if options:
-      overrides["preset_options"] = options
   if name in ("titans_mag", "titans_mal", "hybrid_lm"):
     overrides["window"] = WINDOW
   if name == "titans_mac":
     overrides["segment"] = WINDOW
   c = common.base(name, "tiny", **overrides)
+  if guards:  # the guards of the memory preset the model runs (its preset field, set or default)
+    c.model.preset_defaults = ml_collections.ConfigDict(mqar.GUARDS)
   c.data.name = "s_niah"
   c.data.options = ml_collections.ConfigDict(
     dict(kind="pk", context_len=CONTEXT, filler="noise", train_size=20000, test_size=256, seed=0)

@@ -106,7 +106,7 @@ def run_one(
     "sweep": sweep,
     "variant": variant,
     "seed": int(seed),
-    "model": config.model.name,
+    "model": _model_settings(config).name,
     "overrides": _model_fields(config),
     "params": int(summary["params"]),
     "steps": int(summary["step"]),
@@ -126,7 +126,10 @@ def _model_settings(config):
 
   m = config.model
   defaults = dict(m.get("defaults") or {})
-  return settings.ModelSettings(m.name, m.get("size", "tiny"), dict(m.overrides), defaults)
+  tables = {k: tuple(v) for k, v in dict(m.get("preset_defaults") or {}).items()}
+  return settings.ModelSettings(
+    m.name, m.get("size", "tiny"), dict(m.overrides), defaults, tables
+  ).resolved()
 
 
 def _model_fields(config) -> dict:
@@ -206,7 +209,7 @@ def _reused(out: Path, source: tuple[str, str] | None, seed: int, config) -> dic
   want = _model_fields(config)
   for r in read_lines(out / other / "results.jsonl"):
     same = (r["variant"], r["seed"], r["model"], r["overrides"], r["steps"], r["batch_size"]) == (
-      variant, seed, config.model.name, want, config.train.steps, config.train.batch_size
+      variant, seed, _model_settings(config).name, want, config.train.steps, config.train.batch_size
     )  # fmt: skip
     if same:
       return dict(r)
@@ -399,9 +402,9 @@ def count_params(config) -> int:
   from miras_jax import models
   from miras_jax.train import settings
 
-  m = config.model
-  model_config = settings.model_config(_model_settings(config))
-  abstract = nnx.eval_shape(lambda: models.get(m.name, model_config, rngs=nnx.Rngs(0)))
+  model = _model_settings(config)
+  model_config = settings.model_config(model)
+  abstract = nnx.eval_shape(lambda: models.get(model.name, model_config, rngs=nnx.Rngs(0)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 

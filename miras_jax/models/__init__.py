@@ -28,7 +28,15 @@ from miras_jax.models.base import (
   unstacked_params,
 )
 from miras_jax.models.generate import generate, sample_logits
-from miras_jax.models.registry import config, config_class, get, model_class, names, register
+from miras_jax.models.registry import (
+  config,
+  config_class,
+  get,
+  model_class,
+  names,
+  register,
+  resolve,
+)
 
 # Importing a family's module registers its models: every module of the package is imported.
 for _info in pkgutil.iter_modules(__path__):
@@ -70,6 +78,7 @@ __all__ = [
   "model_class",
   "names",
   "register",
+  "resolve",
   "sample_logits",
   "stacked_params",
   "unstacked_params",

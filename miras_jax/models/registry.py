@@ -27,6 +27,22 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def resolve(name: str) -> tuple[str, str | None]:
+  """``(model, preset)`` for a run's model name: a registered model as it is (preset None), or the
+  name of a parametric memory preset (``miras_jax.presets``) as ``miras_lm`` with that preset, so
+  that configs and command lines can name a memory (``moneta``) without asking the registry."""
+  if name in _REGISTRY:
+    return name, None
+  import miras_jax as mj
+
+  if name in mj.presets.names() and isinstance(mj.presets.get(name), mj.Rule):
+    return "miras_lm", name
+  raise ValueError(
+    f"unknown model {name!r}; known: {', '.join(names())}, or a memory preset "
+    f"({', '.join(n for n in mj.presets.names() if n != 'softmax_attention')})"
+  )
+
+
 def model_class(name: str) -> type:
   """The model class registered as ``name``."""
   if name not in _REGISTRY:

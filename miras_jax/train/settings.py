@@ -30,12 +30,35 @@ DEFAULT_RULES = (
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
-  name: str = "miras_lm"  # a name from miras_jax.models.names()
+  # a name from miras_jax.models.names(), or a parametric memory preset's (miras_lm with it;
+  # models.resolve); settings_from_config stores the resolved name
+  name: str = "miras_lm"
   size: str = "tiny"  # tiny | 170m | 340m | 760m | 1.3b
   overrides: dict = dataclasses.field(default_factory=dict)  # fields of the model's config class
   # fields set only where the model's config class has them (overrides win): a task's settings
   # for every memory model (e.g. chunk_size) without a list of model names
   defaults: dict = dataclasses.field(default_factory=dict)
+  # preset → preset_options for the memory preset the model runs (its ``preset`` field), placed
+  # before the overrides' own preset_options (which win by name): options per memory, as data
+  preset_defaults: dict = dataclasses.field(default_factory=dict)
+
+  def resolved(self) -> ModelSettings:
+    """These settings with a preset's name as model name turned into ``miras_lm`` + ``preset``."""
+    from miras_jax import models
+
+    try:
+      name, preset = models.resolve(self.name)
+    except ValueError as e:
+      raise _unknown_model(self.name) from e
+    if preset is None:
+      return self
+    if "preset" in self.overrides and self.overrides["preset"] != preset:
+      raise ConfigError(
+        f"model.name = {self.name!r} names a memory preset, and model.overrides.preset = "
+        f"{self.overrides['preset']!r} another one: set one of them"
+      )
+    overrides = {"preset": preset, **self.overrides}
+    return dataclasses.replace(self, name=name, overrides=overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +129,7 @@ _SECTIONS = {
 _FREE_FORM = {
   ("model", "overrides"),
   ("model", "defaults"),
+  ("model", "preset_defaults"),
   ("data", "options"),
 }  # checked by the model / the builder
 
@@ -216,6 +240,7 @@ def settings_from_config(config) -> RunSettings:
       if (section, name) in _FREE_FORM:
         values[name] = dict(values[name] or {})
     parts[section] = cls(**values)
+  parts["model"] = parts["model"].resolved()
   run = RunSettings(**parts)
   _check(run)
   model_config(run.model)
@@ -226,6 +251,7 @@ def model_config(model: ModelSettings):
   """The model's config (``models.config``) from ``model``, its errors as ``ConfigError``."""
   from miras_jax import models
 
+  model = model.resolved()
   cls = _config_class(model.name)
   fields = sorted(f.name for f in dataclasses.fields(cls))
   unknown = sorted(set(model.overrides) - set(fields))
@@ -242,10 +268,22 @@ def model_config(model: ModelSettings):
 
 def model_fields(model: ModelSettings) -> dict:
   """The config fields ``model`` sets: its ``defaults`` that the model's config class has, then its
-  ``overrides`` (which win)."""
-  fields = {f.name for f in dataclasses.fields(_config_class(model.name))}
+  ``overrides`` (which win); with ``preset_defaults`` for the preset it runs, that preset's options
+  before the given ``preset_options`` (a given option of the same name wins)."""
+  model = model.resolved()
+  cls = _config_class(model.name)
+  fields = {f.name for f in dataclasses.fields(cls)}
   given = {name: v for name, v in model.defaults.items() if name in fields}
   given.update(model.overrides)
+  if "preset" in fields and model.preset_defaults:
+    preset = given.get(
+      "preset", next(f.default for f in dataclasses.fields(cls) if f.name == "preset")
+    )
+    table = tuple(tuple(p) for p in model.preset_defaults.get(preset, ()))
+    if table:
+      own = tuple(given.get("preset_options", ()))
+      named = {k for k, _ in own}
+      given["preset_options"] = tuple(p for p in table if p[0] not in named) + own
   return given
 
 
@@ -253,9 +291,21 @@ def _config_class(name: str) -> type:
   """The config dataclass of model ``name``; an unknown name is a ``ConfigError``."""
   from miras_jax import models
 
-  if name not in models.names():
-    raise ConfigError(f"model.name = {name!r}: must be one of {', '.join(models.names())}")
-  return models.config_class(name)
+  try:
+    return models.config_class(models.resolve(name)[0])
+  except ValueError as e:
+    raise _unknown_model(name) from e
+
+
+def _unknown_model(name: str) -> ConfigError:
+  import miras_jax as mj
+  from miras_jax import models
+
+  memories = ", ".join(n for n in mj.presets.names() if n != "softmax_attention")
+  return ConfigError(
+    f"model.name = {name!r}: must be one of {', '.join(models.names())}, or a memory preset "
+    f"(miras_lm with it: {memories})"
+  )
 
 
 def _check(run: RunSettings) -> None:

@@ -108,6 +108,38 @@ def test_model_overrides_are_checked_against_the_model_config():
     S.settings_from_config(c)
 
 
+def test_a_memory_presets_name_is_miras_lm_with_that_preset():
+  c = mqar.get_config()
+  c.model.name = "yaad"
+  del c.model.overrides["preset"]
+  run = S.settings_from_config(c)
+  assert run.model.name == "miras_lm" and run.model.overrides["preset"] == "yaad"
+  assert S.model_config(run.model).preset == "yaad"
+  S.apply_overrides(c, [("model.overrides.delta_init", "7.0")])  # typed by MirasLMConfig's field
+  assert c.model.overrides.delta_init == 7.0
+  c.model.overrides.preset = "moneta"
+  with pytest.raises(S.ConfigError, match="names a memory preset, and model.overrides.preset"):
+    S.settings_from_config(c)
+  c = mqar.get_config()
+  c.model.name = "softmax_attention"  # a preset, but not a memory the block writes
+  with pytest.raises(S.ConfigError, match="must be one of .*or a memory preset"):
+    S.settings_from_config(c)
+
+
+def test_preset_defaults_reach_the_preset_the_model_runs():
+  table = {"titans_lmm": (("grad_clip", 2.0), ("momentum", False)), "yaad": (("grad_clip", 3.0),)}
+  mac = S.ModelSettings("titans_mac", "tiny", {}, {}, table)  # titans_lmm by default
+  assert S.model_fields(mac)["preset_options"] == (("grad_clip", 2.0), ("momentum", False))
+  own = S.ModelSettings("yaad", "tiny", {"preset_options": (("grad_clip", 9.0),)}, {}, table)
+  assert S.model_fields(own)["preset_options"] == (("grad_clip", 9.0),)  # the given one wins
+  gdn = S.ModelSettings("gated_delta_net", "tiny", {}, {}, table)
+  assert "preset_options" not in S.model_fields(gdn)
+  assert "preset_options" not in S.model_fields(
+    S.ModelSettings("transformer", "tiny", {}, {}, table)
+  )
+  assert S.model_config(mac).preset_options == (("grad_clip", 2.0), ("momentum", False))
+
+
 def test_apply_overrides_types_values_and_sets_undeclared_model_fields():
   c = mqar.get_config("titans_mac")
   S.apply_overrides(
