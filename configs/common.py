@@ -27,7 +27,9 @@ def base(model: str, size: str = "tiny", **overrides) -> ml_collections.ConfigDi
   """Language modelling on a local text corpus with model ``model`` at ``size``."""
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict()
-  c.model.name = model  # a name from miras_jax.models.names(), or a memory preset (miras_lm with it)
+  c.model.name = (
+    model  # a name from miras_jax.models.names(), or a memory preset (miras_lm with it)
+  )
   c.model.size = size  # tiny | 170m | 340m | 760m | 1.3b
   c.model.overrides = ml_collections.ConfigDict(overrides)  # fields of the model's config class
   # fields set only where the model's config class has them (overrides win)

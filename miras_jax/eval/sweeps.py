@@ -80,7 +80,10 @@ def run_one(
   ``{sweep, variant, seed, params, steps, batch_size, train_seconds, eval_seconds, final_loss,
   final_accuracy, eval_accuracy, loss_curve: [[step, loss]], eval: {task: {length: {exact_match,
   token_accuracy}}}, model, overrides}``. ``final_loss`` / ``final_accuracy`` are the last logged
-  training batch's; ``eval_accuracy`` is the loop's held-out accuracy at the last step.
+  training batch's; ``eval_accuracy`` is the loop's held-out accuracy at the last step. A run the
+  loop's divergence guard stopped is not evaluated: its line has ``final_loss`` None (counted as
+  diverged by ``aggregate``), ``nonfinite_from_step`` the step, and 0 in every evaluation cell, as
+  the earlier runs that trained on with NaN parameters scored.
   """
   from miras_jax.eval.runner import evaluate
   from miras_jax.train.loop import train
@@ -91,17 +94,23 @@ def run_one(
   t0 = time.perf_counter()
   summary = train(config, str(workdir))
   t1 = time.perf_counter()
-  ev = evaluate(
-    config, str(workdir), tasks=tuple(tasks), lengths=tuple(lengths), examples=examples,
-    batch_size=batch_size,
-  )  # fmt: skip
-  t2 = time.perf_counter()
-  if summary.get("status") != "completed":
-    raise RuntimeError(f"{sweep}/{variant}/seed{seed}: training ended {summary.get('status')!r}")
+  status = summary.get("status")
   curve = _loss_curve(workdir)
   evals: dict[str, dict[str, dict[str, float]]] = {}
-  for r in ev["results"]:
-    evals.setdefault(r["task"], {})[str(r["length"])] = {m: r[m] for m in METRICS}
+  if status == "diverged":
+    curve.append((int(summary["diverged_step"]), None))
+    for task in tasks:
+      evals[task] = {str(n): {m: 0.0 for m in METRICS} for n in lengths}
+  elif status != "completed":
+    raise RuntimeError(f"{sweep}/{variant}/seed{seed}: training ended {status!r}")
+  else:
+    ev = evaluate(
+      config, str(workdir), tasks=tuple(tasks), lengths=tuple(lengths), examples=examples,
+      batch_size=batch_size,
+    )  # fmt: skip
+    for r in ev["results"]:
+      evals.setdefault(r["task"], {})[str(r["length"])] = {m: r[m] for m in METRICS}
+  t2 = time.perf_counter()
   return {
     "sweep": sweep,
     "variant": variant,

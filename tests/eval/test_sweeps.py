@@ -74,6 +74,35 @@ def test_run_sweep_resumes_and_reuses(tmp_path):
   assert calls[4:] == [("other", 0), ("other", 1)]  # steps differ: not reused
 
 
+def test_a_run_the_guard_stopped_is_a_diverged_line_not_an_error(tmp_path, monkeypatch):
+  """The loop's divergence guard ends a run with status "diverged" and maybe no checkpoint: the
+  line counts it (final_loss None, the step) and scores 0, without evaluating."""
+  from miras_jax.eval import runner
+  from miras_jax.train import loop
+
+  def train(config, workdir):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 2.5}\n')
+    return {"status": "diverged", "step": 20, "diverged_step": 20, "params": 7}
+
+  def evaluate(*args, **kwargs):
+    raise AssertionError("a diverged run is not evaluated")
+
+  monkeypatch.setattr(loop, "train", train)
+  monkeypatch.setattr(runner, "evaluate", evaluate)
+  c = _config()
+  with c.unlocked():
+    c.model.size = "tiny"
+  line = sweeps.run_one("s", "x", 0, c, tmp_path, tasks=("mqar",), lengths=(64, 128), examples=4,
+                        batch_size=2)  # fmt: skip
+  assert line["final_loss"] is None and line["nonfinite_from_step"] == 20 and line["steps"] == 20
+  assert line["loss_curve"] == [(10, 2.5), (20, None)]
+  assert line["eval"] == {
+    "mqar": {n: {"exact_match": 0.0, "token_accuracy": 0.0} for n in ("64", "128")}
+  }
+  rows = sweeps.aggregate([line, _line("x", 1, 0.8)])
+  assert rows[0]["diverged"] == 1 and rows[0]["eval"]["mqar@64"]["token_accuracy"]["mean"] == 0.4
+
+
 def test_run_sweep_rejects_bad_names(tmp_path):
   with pytest.raises(ValueError, match="unique"):
     sweeps.run_sweep("s", [("x", None), ("x", None)], [0], str(tmp_path), tasks=(), lengths=())
