@@ -62,6 +62,10 @@ def default_max_lr(rule) -> float:
 
 
 DEFAULT_GRAD_CLIP = 10.0  # per-token inner-gradient norm cap of ℓ2 MLP memories (docs/models.md)
+# Preset options the block sets unless preset_options name them (docs/models.md): Moneta's floor
+# of ‖A‖_q in W = A / ‖A‖_q^{q−2} (its map inverts scale; without the floor it diverged on
+# S-NIAH-PK at lr 1e-2; healthy steps keep ‖A‖_4 above 0.025, where the floor is inactive).
+BLOCK_OPTIONS = {"moneta": {"eps": 0.01}}
 
 
 def default_grad_clip(rule) -> float | None:
@@ -109,7 +113,9 @@ class NeuralMemory(nnx.Module):
   GATE_INIT's biases (η at σ(−2) ≈ 0.12·max_lr, α at σ(4) ≈ 0.982, μ at σ(2) ≈ 0.88). ``grad_clip``
   (``default_grad_clip``, unless ``preset_options`` name it): each token's inner gradient clipped
   at norm 10 for the ℓ2 MLP memories (Titans LMM, TTT-MLP; without it Titans MAG and MAL diverged
-  on MQAR), off otherwise. ``chunk_remat`` (default True): each chunk of the parallel form under
+  on MQAR), off otherwise. ``BLOCK_OPTIONS``, also unless ``preset_options`` name them: Moneta's
+  floor ``eps=0.01`` of ‖A‖_q (``preset_options={"eps": 0.0}`` gives MIRAS Eq 24 exactly).
+  ``chunk_remat`` (default True): each chunk of the parallel form under
   ``jax.checkpoint`` (``core.chunked``'s ``remat``: the backward pass keeps the chunk-boundary
   states and recomputes each chunk's internals; False keeps every chunk's internals).
   """
@@ -142,8 +148,10 @@ class NeuralMemory(nnx.Module):
       self.rule = mj.presets.get(preset, **options)
       if not isinstance(self.rule, mj.Rule):
         raise ValueError(f"preset must be a parametric memory; got {preset!r} (use nn.Attention)")
-      if "grad_clip" not in options and default_grad_clip(self.rule) is not None:
-        self.rule = mj.presets.get(preset, grad_clip=default_grad_clip(self.rule), **options)
+      defaults = {"grad_clip": default_grad_clip(self.rule), **BLOCK_OPTIONS.get(preset, {})}
+      defaults = {k: v for k, v in defaults.items() if v is not None and k not in options}
+      if defaults:
+        self.rule = mj.presets.get(preset, **defaults, **options)
     if self.rule.multi_step:
       raise ValueError("delta_product needs n keys per token; NeuralMemory writes one")
     self.heads, self.head_dim, self.chunk_size = heads, head_dim, chunk_size

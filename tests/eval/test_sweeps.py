@@ -150,9 +150,11 @@ PUBLISHED = [
   ("miras_models", "lr=0.01"),
   ("miras_models", "s_niah_pk"),
   ("miras_models", "s_niah_pk,clip=10"),
+  ("miras_models", "s_niah_pk,defaults=1"),
   ("titans_variants", None),
   ("titans_variants", "s_niah_pk"),
   ("titans_variants", "s_niah_pk,clip=10"),
+  ("titans_variants", "s_niah_pk,defaults=1"),
   ("optimizer", None),
 ]
 DOCS = pathlib.Path(__file__).parents[2] / "docs" / "results"

@@ -167,6 +167,8 @@ def attention(att, x, *, heads, window=None, n_persistent=0):
 # docs/models.md: the MLP memories with the ℓ2 bias clip each token's inner gradient at norm 10
 # unless preset_options name grad_clip (None: off, the papers' form).
 DEFAULT_GRAD_CLIP = {"titans_lmm": 10.0, "ttt_mlp": 10.0}
+# docs/models.md: Moneta's ℓq map floors ‖A‖_q at 0.01 unless preset_options name eps.
+DEFAULT_OPTIONS = {"moneta": {"eps": 0.01}}
 GATES = {
   "lr": (sigmoid, -2.0),
   "retention": (sigmoid, 4.0),
@@ -213,6 +215,8 @@ class MemoryReference:
     options = dict(preset_options)
     if preset in DEFAULT_GRAD_CLIP and "grad_clip" not in options:
       options["grad_clip"] = DEFAULT_GRAD_CLIP[preset]
+    for name, value in DEFAULT_OPTIONS.get(preset, {}).items():
+      options.setdefault(name, value)
     self.rule = mj.presets.get(preset, **options)
     self.exact = exact_form_applies(self.rule)
     self.core = _memory_core(self.rule, chunk_size, self.exact)

@@ -94,6 +94,28 @@ def test_the_default_inner_gradient_clip_of_l2_mlp_memories():
   chex.assert_trees_all_close(got, reference(paper, {"grad_clip": None}), rtol=TOL, atol=TOL)
 
 
+def test_monetas_lq_floor_is_a_block_default():
+  """Moneta's block floors ‖A‖_q at 0.01 (docs/models.md), eps=0 in preset_options is MIRAS Eq 24;
+  on a memory started small (‖A‖_4 below the floor) the two differ and each equals its reference."""
+  x = _x(3)
+
+  def run(options):
+    m = NeuralMemory(E, H, D, preset="moneta", preset_options=options, chunk_size=CHUNK,
+                     conv_kernel=4, gate_rank=4, init_scale=0.001, rngs=nnx.Rngs(5))  # fmt: skip
+    r = ref.MemoryReference(m, preset="moneta", preset_options=options, chunk_size=CHUNK,
+                            max_lr=0.01, heads=H, head_dim=D)  # fmt: skip
+    got = np.asarray(nnx.jit(lambda m, x: m(x))(m, jnp.asarray(x, jnp.float32))[0], np.float64)
+    return m, got, r(x, r.init_state(B))[0]
+
+  block, floored, want = run({})
+  assert block.rule.retention.eps == 0.01
+  chex.assert_trees_all_close(floored, want, rtol=TOL, atol=TOL)
+  paper, exact, want = run({"eps": 0.0})
+  assert paper.rule.retention.eps == 0.0
+  chex.assert_trees_all_close(exact, want, rtol=TOL, atol=TOL)
+  assert np.abs(floored - exact).max() > 100 * TOL  # the floor is active on this memory
+
+
 def test_channel_gates_follow_the_documented_data_flow():
   """Yaad with channel-wise η and δ (MIRAS §5.4): head_dim gate values per head and token, from
   the same low-rank projections (rank 4 here) with the documented biases."""
