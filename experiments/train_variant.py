@@ -56,8 +56,9 @@ def variant_config(
   from miras_jax import models
 
   overrides = dict(overrides)
-  if model not in models.names():  # a memory preset: miras_lm with that rule
-    overrides["preset"], model = model, "miras_lm"
+  model, preset = models.resolve(model)  # a memory preset: miras_lm with that rule
+  if preset is not None:
+    overrides["preset"] = preset
   tuples = lambda v: tuple(tuples(x) for x in v) if isinstance(v, list) else v  # JSON lists
   overrides = {k: tuples(v) for k, v in overrides.items()}
   if "vocab" in TASKS[task]:

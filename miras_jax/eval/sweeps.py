@@ -135,7 +135,7 @@ def _model_settings(config):
 
   m = config.model
   defaults = dict(m.get("defaults") or {})
-  tables = {k: tuple(v) for k, v in dict(m.get("preset_defaults") or {}).items()}
+  tables = dict(m.get("preset_defaults") or {})
   return settings.ModelSettings(
     m.name, m.get("size", "tiny"), dict(m.overrides), defaults, tables
   ).resolved()

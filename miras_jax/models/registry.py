@@ -37,9 +37,10 @@ def resolve(name: str) -> tuple[str, str | None]:
 
   if name in mj.presets.names() and isinstance(mj.presets.get(name), mj.Rule):
     return "miras_lm", name
+  memories = ", ".join(n for n in mj.presets.names() if n != "softmax_attention")
   raise ValueError(
-    f"unknown model {name!r}; known: {', '.join(names())}, or a memory preset "
-    f"({', '.join(n for n in mj.presets.names() if n != 'softmax_attention')})"
+    f"{name!r}: must be one of {', '.join(names())}, or a memory preset (miras_lm with it: "
+    f"{memories})"
   )
 
 

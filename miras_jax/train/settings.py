@@ -49,7 +49,7 @@ class ModelSettings:
     try:
       name, preset = models.resolve(self.name)
     except ValueError as e:
-      raise _unknown_model(self.name) from e
+      raise _unknown_model(e) from e
     if preset is None:
       return self
     if "preset" in self.overrides and self.overrides["preset"] != preset:
@@ -294,18 +294,12 @@ def _config_class(name: str) -> type:
   try:
     return models.config_class(models.resolve(name)[0])
   except ValueError as e:
-    raise _unknown_model(name) from e
+    raise _unknown_model(e) from e
 
 
-def _unknown_model(name: str) -> ConfigError:
-  import miras_jax as mj
-  from miras_jax import models
-
-  memories = ", ".join(n for n in mj.presets.names() if n != "softmax_attention")
-  return ConfigError(
-    f"model.name = {name!r}: must be one of {', '.join(models.names())}, or a memory preset "
-    f"(miras_lm with it: {memories})"
-  )
+def _unknown_model(error: ValueError) -> ConfigError:
+  """``models.resolve``'s error for ``model.name`` as a ConfigError."""
+  return ConfigError(f"model.name = {error}")
 
 
 def _check(run: RunSettings) -> None:
